@@ -1,0 +1,181 @@
+# Load and validate config.json (+ the git-ignored secrets.json overlay).
+# Shared by the firmware (boot) and the host tools (`make config`), so a config that the host
+# accepts is exactly one the device accepts. Pure: no hardware, runs on CPython and MicroPython.
+import json
+
+SECRET_KEYS = (("wifi", "password"), ("mqtt", "password"))
+
+# name: (default, kind, lo, hi). kind: 'int', 'bool', 'str', 'str?' (string or null).
+SCHEMA = {
+    "device_name": ("Vue Utility Connect", "str", 1, 64),
+    "wifi": {
+        "ssid": (None, "str?", 1, 32),
+        "password": (None, "str?", 0, 64),
+        # Peers traced hourly reboots to Wi-Fi power save; mains powered, so off by default.
+        "power_save": (False, "bool", 0, 0),
+        "hostname": ("vue-utility", "str", 1, 32),
+    },
+    "mqtt": {
+        "host": (None, "str?", 1, 253),
+        "port": (0, "int", 0, 65535),  # 0: 1883, or 8883 with TLS
+        "user": (None, "str?", 0, 128),
+        "password": (None, "str?", 0, 128),
+        "tls": (False, "bool", 0, 0),
+        "client_id": (None, "str?", 1, 64),  # default: vue-utility-<MGM MAC>
+        "base_topic": (None, "str?", 1, 100),  # default: vue_utility/<device id>
+        "discovery_prefix": ("homeassistant", "str", 1, 100),
+        "keepalive_s": (60, "int", 10, 600),
+    },
+    "meter": {
+        "poll_interval_s": (30, "int", 5, 300),
+        "startup_delay_s": (10, "int", 0, 60),
+    },
+    "reporting": {
+        # Publish power when it changed by at least this many W (0: every reading) ...
+        "power_min_change_w": (0, "int", 0, 100000),
+        # ... or when this long has passed since the last power message (0: no forced repeat).
+        "power_max_interval_s": (0, "int", 0, 3600),
+        # Energy totals at most this often (0: every reading).
+        "energy_interval_s": (0, "int", 0, 3600),
+    },
+    "uart": {
+        "rx": (21, "int", 0, 39),
+        "tx": (22, "int", 0, 39),
+        "baud": (115200, "int", 9600, 921600),
+        "device": (None, "str?", 1, 200),  # unix port only: the pty of the simulated MGM111
+    },
+    "leds": {
+        "power": (25, "int", -1, 39),  # -1: no LED
+        "link": (32, "int", -1, 39),
+        "wifi": (33, "int", -1, 39),
+    },
+    "debug": {
+        "raw_frames": (False, "bool", 0, 0),  # publish every raw reading payload (reverse engineering)
+        "time_scale": (1, "int", 1, 1000),  # tests only: run the meter session's timers N times faster
+    },
+}
+
+
+def defaults(schema=SCHEMA):
+    out = {}
+    for k, v in schema.items():
+        out[k] = defaults(v) if isinstance(v, dict) else v[0]
+    return out
+
+
+def _merge(base, over):
+    # Unknown keys are kept so validate() can name them (a typo must not be silently ignored).
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _check(name, value, spec, errors):
+    default, kind, lo, hi = spec
+    if kind == "bool":
+        if not isinstance(value, bool):
+            errors.append("%s: must be true or false, got %s" % (name, _show(name, value)))
+        return
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append("%s: must be a whole number, got %s" % (name, _show(name, value)))
+        elif not lo <= value <= hi:
+            errors.append("%s: must be between %d and %d, got %d" % (name, lo, hi, value))
+        return
+    if value is None and kind == "str?":
+        return
+    if not isinstance(value, str):
+        errors.append("%s: must be text, got %s" % (name, _show(name, value)))
+    elif not lo <= len(value) <= hi:
+        errors.append("%s: must be %d to %d characters long" % (name, lo, hi))
+
+
+def _show(name, value):
+    for sec, key in SECRET_KEYS:
+        if name == sec + "." + key:
+            return "a value of another type (not shown: it is a secret)"
+    return json.dumps(value)
+
+
+def _walk(cfg, schema, prefix, errors):
+    for key, value in cfg.items():
+        name = prefix + key
+        spec = schema.get(key)
+        if spec is None:
+            errors.append("%s: unknown setting (misspelt?)" % name)
+        elif isinstance(spec, dict):
+            if isinstance(value, dict):
+                _walk(value, spec, name + ".", errors)
+            else:
+                errors.append("%s: must be a section {...}" % name)
+        else:
+            _check(name, value, spec, errors)
+
+
+def validate(cfg, board="esp32"):
+    """Return a list of plain-words errors; empty when cfg (already merged with defaults) is usable."""
+    errors = []
+    if not isinstance(cfg, dict):
+        return ["the file must hold one JSON object {...}"]
+    _walk(cfg, SCHEMA, "", errors)
+    if errors:
+        return errors
+    if not cfg["mqtt"]["host"]:
+        errors.append("mqtt.host: required (the address of your MQTT broker)")
+    if board == "esp32" and not cfg["wifi"]["ssid"]:
+        errors.append("wifi.ssid: required (the name of your Wi-Fi network)")
+    if board == "unix" and not cfg["uart"]["device"]:
+        errors.append("uart.device: required on the unix port (the simulated MGM111's pty)")
+    for topic in ("base_topic", "discovery_prefix"):
+        t = cfg["mqtt"][topic]
+        if t and ("#" in t or "+" in t or t.startswith("/") or t.endswith("/")):
+            errors.append("mqtt.%s: no '#', '+' or leading/trailing '/' allowed" % topic)
+    return errors
+
+
+def _read_json(path, errors, required):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        if required:
+            errors.append("%s: file not found" % path)
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        # MicroPython's message is terse; CPython's names the line. Either way, say which file.
+        errors.append("%s: not valid JSON (%s)" % (path, e))
+        return None
+    if not isinstance(data, dict):
+        errors.append("%s: must hold one JSON object {...}" % path)
+        return None
+    return data
+
+
+def load_file(path="config.json", secrets_path=None, board="esp32"):
+    """-> (cfg, errors). cfg is defaults + file + secrets overlay; errors empty when usable."""
+    errors = []
+    cfg = defaults()
+    data = _read_json(path, errors, True)
+    if data is not None:
+        _merge(cfg, data)
+    if secrets_path:
+        secrets = _read_json(secrets_path, errors, False)
+        if secrets is not None:
+            _merge(cfg, secrets)
+    if not errors:
+        errors = validate(cfg, board)
+    return cfg, errors
+
+
+def redacted(cfg):
+    """A copy safe to print: passwords replaced."""
+    out = json.loads(json.dumps(cfg))
+    for sec, key in SECRET_KEYS:
+        if out.get(sec, {}).get(key):
+            out[sec][key] = "***"
+    return out
