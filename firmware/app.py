@@ -57,6 +57,7 @@ class App:
         self.discovery_due = False
         self.restart_at = None
         self.state_dirty = False
+        self.diag_every_ms = max(1000, DIAG_EVERY_S * 1000 // cfg["debug"]["time_scale"])
         self.leds = board.Leds(cfg)
         self.wifi = board.Wifi(cfg)
         uart = board.Uart(cfg)
@@ -295,6 +296,8 @@ class App:
             late = time.ticks_diff(_ms(), t0) - 10
             if late > self.max_step_ms:
                 self.max_step_ms = late
+                if late > 20:
+                    log.info("slow step: %d ms" % late)
 
     async def _housekeeping(self, wdt):
         last_diag = _ms()
@@ -316,7 +319,7 @@ class App:
                     except StopIteration:
                         announcing = None
                         self.diag_due = True
-                if self.diag_due or time.ticks_diff(_ms(), last_diag) >= DIAG_EVERY_S * 1000:
+                if self.diag_due or time.ticks_diff(_ms(), last_diag) >= self.diag_every_ms:
                     self.diag_due = False
                     last_diag = _ms()
                     mq.publish(self.base + "/diag", self._diag(), True)
@@ -330,6 +333,10 @@ class App:
             await asyncio.sleep_ms(100 if announcing is not None else 500)
 
     def shutdown(self):
+        m = self.meter
+        log.info("stats: %d readings, %d duplicates, %d MGM errors, %d undecodable, longest step %d ms, "
+                 "%d bytes free" % (m.readings, m.duplicates, m.mgm_errors, m.decode_errors,
+                                    self.max_step_ms, gc.mem_free()))
         if self.state_dirty:
             self._save_state()
         if self.mqtt.connected:

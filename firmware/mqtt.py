@@ -8,6 +8,7 @@ except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 import select
 import socket
+from collections import OrderedDict
 
 import log
 import umqtt.simple as _umqtt
@@ -88,7 +89,7 @@ class Mqtt:
         self.connected = False
         self.connects = 0
         self.failures = 0
-        self.outbox = {}  # topic -> (payload, retain); insertion order is publish order
+        self.outbox = OrderedDict()  # topic -> (payload, retain), oldest first
         self.dropped = 0
         self._last_ping = 0
 
@@ -104,6 +105,12 @@ class Mqtt:
     async def _open(self):
         ai = socket.getaddrinfo(self.host, self.port)[0]
         s = socket.socket(ai[0], ai[1], ai[2]) if ai[0] is not None else socket.socket()
+        try:
+            # umqtt writes a packet in 2-4 pieces: without TCP_NODELAY, Nagle + delayed ACK make
+            # each subscribe wait ~40 ms for its SUBACK, blocking the loop.
+            s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (lwIP and Linux agree)
+        except (OSError, AttributeError):
+            pass
         s.setblocking(False)
         try:
             s.connect(ai[-1])

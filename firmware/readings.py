@@ -124,9 +124,11 @@ class ReadingFilter:
     def _total(self, level, v):
         if v is None:
             return None
+        first = level.value is None
         if level.step(v):
             return v
-        self.rejected_wh += 1
+        if not first:  # waiting for a second reading at boot is not a rejection
+            self.rejected_wh += 1
         return None
 
     def _v2(self, net, out):

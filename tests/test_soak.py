@@ -1,0 +1,42 @@
+"""Soak: 10,000 polls of the real firmware under MicroPython with a small heap, against the
+simulated MGM111 (faults included) and a real broker. Proves it fits an ESP32 without PSRAM and
+that nothing grows; the figures it prints go into the issue note and bench/results.md."""
+import json
+import os
+import signal
+import time
+
+POLLS = int(os.environ.get("SOAK_POLLS", "10000"))
+HEAP = os.environ.get("SOAK_HEAP", "64K")
+
+
+def test_soak_10000_polls_small_heap(mgm, firmware, ha):
+    sim = mgm(8, speedup=1000)
+    # poll 5 s compressed 1000x: a poll every ~5 ms, as fast as the simulator answers.
+    fw = firmware(sim, heapsize=HEAP, meter={"poll_interval_s": 5}, debug={"time_scale": 1000})
+    ha.diag(lambda d: d["readings"] >= 10, timeout=30)
+    t0 = time.time()
+    faults = ["garbage", "log_text", "duplicate", "errors", "truncate", "dollar"]
+    i = 0
+    while True:
+        d = ha.diag(timeout=30, after=max(0, ha.mark() - 1))
+        if d["readings"] + d["duplicates"] >= POLLS:
+            break
+        assert fw.proc.poll() is None, fw.output[-3000:]
+        assert time.time() - t0 < 900, "soak too slow: %s" % d
+        # Sprinkle line faults so the soak also exercises resync and the error paths.
+        sim.clear_faults()
+        sim.set_fault(faults[i % len(faults)], count=3)
+        i += 1
+        time.sleep(2)
+    sim.clear_faults()
+    fw.proc.send_signal(signal.SIGINT)
+    fw.wait_exit(20)
+    stats = fw.wait_log("stats: ")
+    print("\nSOAK heap=%s polls=%d in %.0f s: %s" % (HEAP, d["readings"] + d["duplicates"], time.time() - t0, stats))
+    print("SOAK diag " + json.dumps(d))
+    assert "Traceback" not in fw.output and "MemoryError" not in fw.output
+    assert d["link"] == "ok"
+    assert d["free_mem"] > 8 * 1024, "less than 8 KB heap left after %d polls" % POLLS
+    published = [int(v) for v in ha.values("/energy/in")]
+    assert published == sorted(published)
