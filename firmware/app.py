@@ -22,6 +22,15 @@ STATE_FILE = "state.json"
 STATE_SAVE_S = 1800  # v2 totals to flash: rare (a flash write blocks), the retained MQTT copy is primary
 RESTORE_WINDOW_MS = 2000  # after the first connect, wait this long for our retained totals
 DIAG_EVERY_S = 60
+CRASH_CLEAR_MS = 600000  # this long without a crash resets main.py's crash counter
+
+
+def _remove(path):
+    import os
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _ms():
@@ -61,9 +70,12 @@ class App:
         self.leds = board.Leds(cfg)
         self.wifi = board.Wifi(cfg)
         uart = board.Uart(cfg)
-        poll_s = cfg["meter"]["poll_interval_s"]
         self._load_state()
-        poll_s = self.saved.get("poll_interval_s", poll_s)
+        poll_s = cfg["meter"]["poll_interval_s"]
+        # A value set from HA survives reboots, until config.json itself is changed.
+        if self.saved.get("config_poll_interval_s") == poll_s:
+            poll_s = self.saved.get("poll_interval_s", poll_s)
+            self.raw_frames = self.saved.get("raw_frames", self.raw_frames)
         self.meter = meter.MeterSession(
             lambda on_frame, on_log: Link(uart, on_frame, on_log),
             self.on_reading, self.on_link_state, self.on_undecoded,
@@ -85,7 +97,8 @@ class App:
 
     def _save_state(self):
         f = self.filter
-        s = {"poll_interval_s": self.meter.poll_s, "raw_frames": self.raw_frames}
+        s = {"poll_interval_s": self.meter.poll_s, "raw_frames": self.raw_frames,
+             "config_poll_interval_s": self.cfg["meter"]["poll_interval_s"]}
         if f.consumed is not None:
             s.update({"consumed": f.consumed, "returned": f.returned, "net": f.net.value})
         try:
@@ -303,6 +316,7 @@ class App:
         last_diag = _ms()
         last_save = _ms()
         announcing = None
+        crash_log = True
         while True:
             wdt.feed()
             self.wifi.check()
@@ -326,6 +340,9 @@ class App:
             if self.state_dirty and time.ticks_diff(_ms(), last_save) >= STATE_SAVE_S * 1000:
                 last_save = _ms()
                 self._save_state()
+            if crash_log and time.ticks_diff(_ms(), self.start_ms) > CRASH_CLEAR_MS:
+                crash_log = False
+                _remove("crash.log")
             if self.restart_at is not None and time.ticks_diff(_ms(), self.restart_at) >= 0:
                 self.shutdown()
                 self.board.reset()

@@ -35,9 +35,28 @@ def main():
         log.info("stopped")
     except Exception as e:  # a bug: say so, then restart (the watchdog would too, later)
         sys.print_exception(e)
-        log.error("crashed: %s; restarting" % e)
         a.shutdown()
+        if note_crash() >= 3:
+            # Three crashes without 10 good minutes between them: a restart loop helps nobody.
+            log.error("crashed 3 times in a row (%s): staying in the REPL; see crash.log" % e)
+            return
+        log.error("crashed: %s; restarting" % e)
         b.reset()
+
+
+def note_crash():
+    """Count consecutive crashes in crash.log (the app removes it after 10 good minutes)."""
+    try:
+        with open("crash.log") as f:
+            n = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        n = 0
+    try:
+        with open("crash.log", "w") as f:
+            f.write("%d crashes in a row\n" % (n + 1))
+    except OSError:
+        pass
+    return n + 1
 
 
 main()
