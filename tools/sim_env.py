@@ -39,9 +39,12 @@ class Broker:
     def __init__(self, port=None, workdir=None, persistence=True, users=None):
         self.port = port or free_port()
         self.dir = workdir or tempfile.mkdtemp(prefix="vue-broker-")
+        os.makedirs(self.dir, exist_ok=True)
         self.proc = None
         lines = ["listener %d 127.0.0.1" % self.port, "persistence %s" % ("true" if persistence else "false"),
                  "persistence_location %s/" % self.dir, "log_dest stderr"]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else mosquitto drops to its own user and cannot read our files
         if users:
             pw = os.path.join(self.dir, "passwd")
             with open(pw, "w") as f:
