@@ -1,73 +1,79 @@
-# Runs the firmware's reading path (request -> parse -> decode -> filter -> MQTT strings) in a loop
-# and prints one JSON line of measurements. Started by bench/run.py under `micropython` (allocation,
-# heap, speed) and under CPython (speed only). Usage: mpy_cycle.py <name> <file holding the frame's hex>
-# (a file, not argv: this unix port dies with "FATAL: uncaught NLR" on an argument over ~256 chars).
+# The firmware's own reading path in a loop, measured. A bench board's UART hands app.App one reading
+# frame per cycle and the app does the rest exactly as on the device: request -> Link.poll ->
+# FrameParser -> MeterSession (duplicate check) -> decoders -> ReadingFilter -> App.on_reading ->
+# Mqtt.publish into the outbox (no socket). Prints one JSON line.
+# Started by bench/run.py under `micropython` (allocation, heap, speed) and CPython (speed only).
+# Usage: mpy_cycle.py <name> <file holding the frame's hex> (a file, not argv: this unix port dies
+# with "FATAL: uncaught NLR" on an argument over ~256 chars).
 import sys
 import gc
 import json
 import binascii
 import time
 
-import mgm_uart
-import decoders
-import readings
-
-try:
-    ticks_us = time.ticks_us
-    ticks_diff = time.ticks_diff
-except AttributeError:  # CPython
-    def ticks_us():
-        return int(time.perf_counter() * 1000000)
-
-    def ticks_diff(a, b):
-        return a - b
-
 MPY = hasattr(gc, "mem_alloc")
+if not MPY:  # CPython: the few MicroPython names the firmware uses, for the speed comparison
+    import socket
+    import struct
+    sys.modules.update(usocket=socket, ustruct=struct, ubinascii=binascii)
+    time.ticks_ms = lambda: int(time.monotonic() * 1000)
+    time.ticks_us = lambda: int(time.perf_counter() * 1000000)
+    time.ticks_diff = lambda a, b: a - b
+    time.ticks_add = lambda a, b: a + b
+
+import app  # noqa: E402
+import config  # noqa: E402
+import decoders  # noqa: E402
+import mgm_uart  # noqa: E402
+import null_board  # noqa: E402
+
 N_ALLOC = 1000
 
 
+class BenchUart(null_board.Uart):
+    """Each poll hands out the pending frame, byte by byte into the reader's buffer (a slice would
+    allocate and be counted against the firmware)."""
+    data = b""
+    pos = 0
+
+    def readinto(self, buf):
+        d = self.data
+        pos = self.pos
+        n = len(d) - pos
+        if n > len(buf):
+            n = len(buf)
+        for i in range(n):
+            buf[i] = d[pos + i]
+        self.pos = pos + n
+        return n
+
+
+null_board.Uart = BenchUart
+
+
 class Cycle:
-    """The per-reading work of the firmware, wired as meter.py/app.py wire it, minus the sockets."""
-
     def __init__(self, frame):
-        self.frame = frame
-        self.reading = decoders.Reading()
-        self.filter = readings.ReadingFilter()
-        self.parser = mgm_uart.FrameParser(self.on_frame, None)
-        self.outbox = {}  # as mqtt.Mqtt.publish: newest value per topic
-        self.base = "vue/sim0001"
-        self.payload = None
-        self.tx = None
-
-    def on_frame(self, cmd, payload):
-        self.payload = payload
-        r = decoders.decode(payload, self.reading)
-        self.on_reading(r)
-
-    def on_reading(self, r):
-        # Same string work as app.App.on_reading + _publish_totals (rate limits aside).
-        a = self.filter.apply(r)
-        if a.watts is not None:
-            self.publish(self.base + "/power", str(a.watts))
-        if a.import_wh is not None:
-            self.publish(self.base + "/energy/in", str(a.import_wh))
-            net = a.net_wh
-            if a.export_wh is not None:
-                self.publish(self.base + "/energy/out", str(a.export_wh))
-                if net is None:
-                    net = a.import_wh - a.export_wh
-            if net is not None:
-                self.publish(self.base + "/energy/net", str(net))
-
-    def publish(self, topic, payload, retain=True):
-        box = self.outbox
-        if topic in box:
-            del box[topic]
-        box[topic] = (payload, retain)
+        cfg = config.defaults()
+        cfg["mqtt"]["host"] = "bench.invalid"  # never connected: publishes stay in the outbox
+        # Report every reading: the most work a cycle can do (no rate limit skips anything).
+        cfg["reporting"].update(power_min_change_w=0, power_max_interval_s=0, energy_interval_s=0)
+        self.app = app.App(cfg, null_board)
+        self.app.restore_done = True  # as after the first connect
+        self.link = self.app.meter.link
+        self.uart = self.link.uart
+        self.frame = bytearray(frame)
+        # The byte bumped per cycle so MeterSession does not drop the frame as a duplicate:
+        # the ZCL sequence number, or the low byte of v2's meter clock.
+        self.vary = 5 if frame[4] == 0x18 else 4 + 148
+        self.request = mgm_uart.request(mgm_uart.CMD_READING)
 
     def whole(self):
-        self.tx = mgm_uart.request(mgm_uart.CMD_READING)
-        self.parser.feed(self.frame)
+        f = self.frame
+        f[self.vary] = (f[self.vary] + 1) & 0xFF
+        self.link.send(mgm_uart.CMD_READING)
+        self.uart.data = f
+        self.uart.pos = 0
+        self.link.poll()
 
 
 def per_iter(fn, n):
@@ -83,10 +89,10 @@ def per_iter(fn, n):
 
 
 def timed(fn, n):
-    t = ticks_us()
+    t = time.ticks_us()
     for _ in range(n):
         fn()
-    return ticks_diff(ticks_us(), t) / n
+    return time.ticks_diff(time.ticks_us(), t) / n
 
 
 def main():
@@ -94,20 +100,18 @@ def main():
     with open(sys.argv[2]) as f:
         frame = binascii.unhexlify(f.read().strip())
     c = Cycle(frame)
-    c.whole()  # warm up: first reading baselines the filter, parser caches its payload view
-    c.whole()
-    c.whole()
-    payload = bytes(c.payload)  # a copy, for decoding on its own
-    r = c.reading
-    flt = c.filter
+    for _ in range(3):  # warm up: the filter baselines, the parser makes its payload view
+        c.whole()
+    m = c.app.meter
+    assert m.readings == 3 and m.decode_errors == 0, "the bench frame was not read: %d" % m.readings
+    payload = bytes(frame[4:-1])
+    r = decoders.Reading()
+    flt = c.app.filter
+    parser = mgm_uart.FrameParser(lambda cmd, p: None)
     res = {"name": name, "frame_len": len(frame)}
 
     def parse_only():
-        c.parser.on_frame = noop
-        c.parser.feed(frame)
-
-    def noop(cmd, p):
-        pass
+        parser.feed(c.frame)
 
     def decode_only():
         decoders.decode(payload, r)
@@ -116,12 +120,11 @@ def main():
         flt.apply(r)
 
     decoders.decode(payload, r)
+    parse_only()  # the parser makes its payload view for this length once
     if MPY:
         res["alloc_parser"] = per_iter(parse_only, N_ALLOC)
         res["alloc_decoder"] = per_iter(decode_only, N_ALLOC)
-        decoders.decode(payload, r)
         res["alloc_filter"] = per_iter(filter_only, N_ALLOC)
-        c.parser.on_frame = c.on_frame
         res["alloc_cycle"] = per_iter(c.whole, N_ALLOC)
         # Heap in use (after a full collection) after 100 and after 10,000 cycles.
         res["heap_100"] = res["heap_10000"] = 0  # keys made now: the dict must not grow in between
@@ -133,12 +136,12 @@ def main():
             c.whole()
         gc.collect()
         res["heap_10000"] = gc.mem_alloc()
-    decoders.decode(payload, r)
     n = 2000
     res["decode_us"] = min(timed(decode_only, n) for _ in range(3))
-    c.parser.on_frame = c.on_frame
     res["cycle_us"] = min(timed(c.whole, n) for _ in range(3))
-    res["topics"] = sorted(c.outbox)
+    res["readings"] = m.readings
+    res["duplicates"] = m.duplicates
+    res["topics"] = sorted(c.app.mqtt.outbox)
     print(json.dumps(res))
 
 

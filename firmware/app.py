@@ -3,6 +3,7 @@
 import binascii
 import gc
 import json
+import sys
 import time
 
 try:
@@ -10,7 +11,6 @@ try:
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 
-import discovery
 import log
 import meter
 from mgm_link import Link
@@ -46,6 +46,11 @@ class App:
         m = cfg["mqtt"]
         self.base = m["base_topic"] or ("vue_utility/" + uid)
         self.prefix = m["discovery_prefix"]
+        # Made once: building them per reading would allocate ~250 B every few seconds for years.
+        self.t_power = self.base + "/power"
+        self.t_in = self.base + "/energy/in"
+        self.t_out = self.base + "/energy/out"
+        self.t_net = self.base + "/energy/net"
         rep = cfg["reporting"]
         self.min_change_w = rep["power_min_change_w"]
         self.power_max_ms = rep["power_max_interval_s"] * 1000
@@ -122,7 +127,7 @@ class App:
                 or (self.power_max_ms and time.ticks_diff(now, self.last_power_ms) >= self.power_max_ms)):
             self.last_power = w
             self.last_power_ms = now
-            self.mqtt.publish(self.base + "/power", str(w))
+            self.mqtt.publish(self.t_power, str(w))
         if a.import_wh is None:
             return
         if a.export_wh is not None and "export" not in self.has:
@@ -147,11 +152,11 @@ class App:
         if net is None and exp is not None:
             net = imp - exp
         p = self.mqtt.publish
-        p(self.base + "/energy/in", str(imp), True)
+        p(self.t_in, str(imp), True)
         if exp is not None:
-            p(self.base + "/energy/out", str(exp), True)
+            p(self.t_out, str(exp), True)
         if net is not None:
-            p(self.base + "/energy/net", str(net), True)
+            p(self.t_net, str(net), True)
 
     def _publish_raw(self, payload, error=None):
         t = time.gmtime()
@@ -192,6 +197,7 @@ class App:
             while time.ticks_diff(_ms(), t0) < RESTORE_WINDOW_MS:
                 for _ in range(8):
                     mq.client.check_msg()
+                mq.flush(2)  # discovery and diag meanwhile; totals wait for the window's end
                 await asyncio.sleep_ms(20)
             mq.unsubscribe(self.base + "/energy/+")
             f = self.filter
@@ -219,7 +225,7 @@ class App:
                 self.discovery_due = True
                 self.diag_due = True
                 if self.last_power is not None:
-                    self.mqtt.publish(base + "/power", str(self.last_power))
+                    self.mqtt.publish(self.t_power, str(self.last_power))
                 self._publish_totals()
             return
         if not topic.startswith(base + "/cmd/"):
@@ -284,6 +290,9 @@ class App:
         })
 
     def _discovery(self):
+        # Imported for the announcement only (HA start, new entity): its table would otherwise
+        # hold ~8 KB of heap for the device's whole life.
+        import discovery
         m = self.meter
         dev = discovery.device_info(self.node_id, self.cfg["device_name"], VERSION, m.version, m.mac)
         # Three missed updates -> unavailable (HA's expire_after), not a frozen value.
@@ -294,6 +303,8 @@ class App:
             self.mqtt.publish(discovery.config_topic(self.prefix, self.node_id, e),
                               discovery.payload(e, self.base, self.node_id, dev, exp), True)
             yield
+        del discovery
+        sys.modules.pop("discovery", None)
 
     # --- tasks ---
     async def _link_task(self):
@@ -327,8 +338,9 @@ class App:
                 if self.discovery_due:
                     self.discovery_due = False
                     announcing = self._discovery()
-                if announcing is not None:
-                    # One entity per step: a burst of 20 discovery messages would block the loop.
+                if announcing is not None and len(mq.outbox) < 4:
+                    # One entity per step (a burst of 20 would block the loop), and only while
+                    # little is queued: ~0.5 KB each, all 20 waiting at once could exhaust the heap.
                     try:
                         next(announcing)
                     except StopIteration:
@@ -371,8 +383,7 @@ class App:
         wdt = self.board.Watchdog(30000)
         log.info("vue-utility %s on %s, device %s, MQTT base topic %s" % (
             VERSION, self.board.NAME, self.node_id, self.base))
-        asyncio.create_task(self._step_monitor())
-        asyncio.create_task(self._link_task())
-        asyncio.create_task(self.mqtt.run(self.wifi.connected))
-        asyncio.create_task(self._housekeeping(wdt))
-        await self.meter.run()
+        # gather, not loose tasks: an exception in any of them (a bug, a MemoryError) reaches
+        # main.py, which logs it and restarts, instead of leaving the device half-alive.
+        await asyncio.gather(self._step_monitor(), self._link_task(), self.mqtt.run(self.wifi.connected),
+                             self._housekeeping(wdt), self.meter.run())

@@ -2,7 +2,6 @@
 import sys
 
 import board as _board
-import config
 import log
 
 
@@ -19,7 +18,11 @@ def safe_mode(errors):
 
 def main():
     b = _board.load()
+    import config
     cfg, errors = config.load_file("config.json", "secrets.json", b.NAME)
+    # The schema and checks are only needed at boot: give their ~8 KB of heap back to the app.
+    del config
+    del sys.modules["config"]
     if errors:
         safe_mode(errors)
         if b.NAME == "unix":

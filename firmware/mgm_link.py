@@ -39,7 +39,7 @@ class Link:
             self.rx_bytes += n
             self.last_rx = now
             self._idle = False
-            self.parser.feed(memoryview(self.buf)[:n])
+            self.parser.feed(self.buf, n)
         if not self._idle and time.ticks_diff(now, self.last_rx) > QUIET_MS:
             self.parser.idle()
             self._idle = True

@@ -22,6 +22,7 @@ _END = const(0x0D)  # '\r'
 _LF = const(0x0A)
 FRAME_MAX = const(260)  # '$' 01 cmd len + 255 payload bytes + '\r'
 LINE_MAX = const(120)  # a longer MGM log line is cut here
+_VIEWS_KEPT = const(8)  # reading, version, MAC, install code, join, error: 6 lengths at most
 
 REQUESTS = {}
 for _c in (CMD_READING, CMD_JOIN, CMD_MAC, CMD_INSTALL_CODE, CMD_VERSION):
@@ -57,7 +58,9 @@ class FrameParser:
         self.on_log = on_log
         self.buf = bytearray(FRAME_MAX)  # the pending frame, always starting with '$' at buf[0]
         self._mv = memoryview(self.buf)
-        self._views = [None] * 256  # payload views by length, made once per length seen
+        # Payload views by length, made once each for the few lengths the MGM uses; a length only
+        # line noise produced gets a passing view instead of holding memory for good.
+        self._views = {}
         self.line = bytearray(LINE_MAX)  # the MGM log line being received
         self._line_mv = memoryview(self.line)
         self.reset()
@@ -76,10 +79,13 @@ class FrameParser:
         self.log_lines = 0
 
     # --- input ---
-    def feed(self, data):
+    def feed(self, data, end=-1):
+        """Parse data[:end] (all of it by default): the link passes its read buffer and a count,
+        so no slice or memoryview is made per read."""
         buf = self.buf
         i = 0
-        end = len(data)
+        if end < 0:
+            end = len(data)
         while i < end:
             n = self.n
             if n == 0:
@@ -144,9 +150,11 @@ class FrameParser:
 
     def _deliver(self, total):
         plen = total - 5
-        v = self._views[plen]
+        v = self._views.get(plen)
         if v is None:
-            v = self._views[plen] = self._mv[4:4 + plen]
+            v = self._mv[4:4 + plen]
+            if len(self._views) < _VIEWS_KEPT:
+                self._views[plen] = v
         self.frames += 1
         if self._lost:
             self._lost = False

@@ -84,7 +84,7 @@ items = st.one_of(good(), good(), log_line(), garbage(), bad_terminator(), trunc
 def check_bounded(p, buf, line):
     assert p.buf is buf and len(buf) == FRAME_MAX and 0 <= p.n <= FRAME_MAX
     assert p.line is line and len(line) == LINE_MAX and 0 <= p.line_n <= LINE_MAX
-    assert len(p._views) == 256
+    assert len(p._views) <= 8  # views kept for good: the few lengths the MGM uses, never one per noise length
 
 
 @SETTINGS

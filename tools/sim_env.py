@@ -96,10 +96,14 @@ def firmware_config(uart_device, mqtt_port, **sections):
 def compile_firmware(outdir):
     """Compile the app to .mpy as deployed on the device (source would not even compile in a
     small heap); returns the directory to put first on MICROPYPATH."""
+    os.makedirs(outdir, exist_ok=True)
     sources = [(os.path.join(FIRMWARE, rel), rel) for rel in _py_files(FIRMWARE)]
     sources.append((os.path.join(LIB, "umqtt", "simple.py"), os.path.join("umqtt", "simple.py")))
     for src, rel in sources:
         if rel == "main.py":
+            # main.py stays source (as on the device) beside the .mpy files: run from there, its
+            # directory is first on sys.path, so imports find the .mpy and not firmware/*.py.
+            shutil.copy(src, os.path.join(outdir, rel))
             continue
         dst = os.path.join(outdir, rel[:-3] + ".mpy")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -130,6 +134,6 @@ def start_firmware(workdir, cfg=None, heapsize=None, device_id="sim0001", stdout
     cmd = ["micropython"]
     if heapsize:
         cmd += ["-X", "heapsize=%s" % heapsize]
-    cmd.append(os.path.join(FIRMWARE, "main.py"))
+    cmd.append(os.path.join(mpy_dir or FIRMWARE, "main.py"))
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=stdout or subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

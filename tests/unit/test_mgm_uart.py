@@ -85,6 +85,20 @@ def test_memoryview_and_bytearray_chunks_are_accepted():
     assert r.frames == [parsed(ZCL), parsed(MAC), parsed(VER)]
 
 
+def test_a_reused_read_buffer_is_parsed_only_up_to_the_count():
+    # The link reads into one buffer and passes the byte count: stale bytes behind it from an
+    # earlier, longer read must not be parsed again.
+    buf = bytearray(128)
+    r = Rec()
+    buf[:len(ZCL)] = ZCL
+    r.p.feed(buf, len(ZCL))
+    buf[:len(VER)] = VER  # shorter than ZCL: the rest of buf still holds ZCL's tail
+    r.p.feed(buf, len(VER))
+    r.p.feed(buf, 0)
+    assert r.frames == [parsed(ZCL), parsed(VER)]
+    assert r.p.garbage_bytes == 0
+
+
 def test_mgm_log_lines_are_handed_out_as_text():
     data = b"MGM boot ok\r\n" + VER + b"rssi -71\n" + b"  padded  \r\n\r\n" + MAC
     r = Rec().feed(data, step=3)
