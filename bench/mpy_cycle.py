@@ -65,7 +65,6 @@ class Cycle:
         # The byte bumped per cycle so MeterSession does not drop the frame as a duplicate:
         # the ZCL sequence number, or the low byte of v2's meter clock.
         self.vary = 5 if frame[4] == 0x18 else 4 + 148
-        self.request = mgm_uart.request(mgm_uart.CMD_READING)
 
     def whole(self):
         f = self.frame
