@@ -11,8 +11,7 @@ import json
 import binascii
 import time
 
-MPY = hasattr(gc, "mem_alloc")
-if not MPY:  # CPython: the few MicroPython names the firmware uses, for the speed comparison
+if not hasattr(gc, "mem_alloc"):  # CPython: the few MicroPython names the firmware uses, for the speed comparison
     import socket
     import struct
     sys.modules.update(usocket=socket, ustruct=struct, ubinascii=binascii)
@@ -24,6 +23,7 @@ if not MPY:  # CPython: the few MicroPython names the firmware uses, for the spe
 import app  # noqa: E402
 import config  # noqa: E402
 import decoders  # noqa: E402
+import heap_probe  # noqa: E402
 import mgm_uart  # noqa: E402
 import null_board  # noqa: E402
 
@@ -76,15 +76,7 @@ class Cycle:
 
 
 def per_iter(fn, n):
-    """Bytes allocated per call of fn, with the collector off so nothing is freed meanwhile."""
-    gc.collect()
-    gc.disable()
-    a = gc.mem_alloc()
-    for _ in range(n):
-        fn()
-    b = gc.mem_alloc()
-    gc.enable()
-    return (b - a) / n
+    return heap_probe.allocated(fn, n) / n
 
 
 def timed(fn, n):
@@ -120,7 +112,7 @@ def main():
 
     decoders.decode(payload, r)
     parse_only()  # the parser makes its payload view for this length once
-    if MPY:
+    if heap_probe.MEASURABLE:
         res["alloc_parser"] = per_iter(parse_only, N_ALLOC)
         res["alloc_decoder"] = per_iter(decode_only, N_ALLOC)
         res["alloc_filter"] = per_iter(filter_only, N_ALLOC)

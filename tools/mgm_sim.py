@@ -491,6 +491,32 @@ def _parse_fault(spec):
     return words[0], params
 
 
+COMMANDS = "commands: fault NAME [k=v ...] | clear | status | quit"
+
+
+def command(sim, line):
+    """One console command for a running simulator (mgm_sim's and `make sim`'s consoles) -> the
+    reply to print; None for quit."""
+    words = line.split()
+    if not words:
+        return ""
+    if words[0] == "quit":
+        return None
+    if words[0] == "clear":
+        sim.clear_faults()
+        return "faults cleared"
+    if words[0] == "status":
+        return sim.status()
+    if words[0] == "fault" and len(words) > 1:
+        try:
+            name, params = _parse_fault(words[1:])
+            sim.set_fault(name, **params)
+            return "fault %s on %s" % (name, params or "")
+        except ValueError as e:
+            return str(e)
+    return "%s  (faults: %s)" % (COMMANDS, ", ".join(FAULTS))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Simulated MGM111 on a pseudo-terminal (see protocol.md).")
     ap.add_argument("--version", default="8", help="MGM firmware version: 2, 7, 8 or unknown")
@@ -516,30 +542,16 @@ def main(argv=None):
             os.unlink(args.link)
         os.symlink(sim.path, args.link)
     print(sim.path, flush=True)
-    print("MGM111 v%s simulated on %s%s; commands: fault NAME [k=v ...] | clear | status | quit"
-          % (args.version, sim.path, " (link %s)" % args.link if args.link else ""), file=sys.stderr, flush=True)
+    print("MGM111 v%s simulated on %s%s; %s"
+          % (args.version, sim.path, " (link %s)" % args.link if args.link else "", COMMANDS),
+          file=sys.stderr, flush=True)
     try:
         for line in sys.stdin:
-            words = line.split()
-            if not words:
-                continue
-            if words[0] == "quit":
+            reply = command(sim, line)
+            if reply is None:
                 break
-            if words[0] == "clear":
-                sim.clear_faults()
-                print("faults cleared", flush=True)
-            elif words[0] == "status":
-                print(sim.status(), flush=True)
-            elif words[0] == "fault" and len(words) > 1:
-                try:
-                    name, params = _parse_fault(words[1:])
-                    sim.set_fault(name, **params)
-                    print("fault %s on %s" % (name, params or ""), flush=True)
-                except ValueError as e:
-                    print(e, flush=True)
-            else:
-                print("commands: fault NAME [k=v ...] | clear | status | quit  (faults: %s)"
-                      % ", ".join(FAULTS), flush=True)
+            if reply:
+                print(reply, flush=True)
         else:
             # stdin closed (e.g. started in the background): keep serving until interrupted.
             while True:

@@ -1,7 +1,8 @@
 """`make sim`: the whole thing with no hardware. The firmware runs under the MicroPython unix port,
 talks to a simulated MGM111 over a pseudo-terminal and publishes to a local mosquitto (started
 if none listens on 127.0.0.1:PORT). Everything published is printed, as Home Assistant sees it.
-Type `fault NAME` (e.g. silence, no_readings, garbage, wh_glitch), `clear` or `quit` while it runs."""
+Type `fault NAME [k=v ...]` (e.g. silence, no_readings, garbage, wh_glitch), `clear`, `status` or
+`quit` while it runs."""
 import argparse
 import os
 import sys
@@ -10,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sim_env  # noqa: E402
-from mgm_sim import MgmSim  # noqa: E402
+from mgm_sim import MgmSim, command  # noqa: E402
 
 
 def watch_broker(port, stop):
@@ -65,22 +66,12 @@ def main():
 
     def commands():
         for line in sys.stdin:
-            words = line.split()
-            if not words:
-                continue
-            if words[0] == "quit":
+            reply = command(sim, line)
+            if reply is None:
                 stop.set()
-            elif words[0] == "clear":
-                sim.clear_faults()
-                print("faults cleared")
-            elif words[0] == "fault" and len(words) > 1:
-                try:
-                    sim.set_fault(words[1])
-                    print("fault %s on" % words[1])
-                except (ValueError, KeyError) as e:
-                    print("unknown fault: %s" % e)
-            else:
-                print("commands: fault NAME | clear | quit")
+                return
+            if reply:
+                print(reply)
 
     if sys.stdin and sys.stdin.isatty():
         threading.Thread(target=commands, daemon=True).start()

@@ -1,6 +1,7 @@
 # Golden vectors for the reading decoders (protocol.md), plus MAC/version/install code.
 # Plain asserts only: runs under CPython (pytest) and MicroPython (tests/unit_runner.py).
 import decoders
+import heap_probe
 from decoders import DecodeError, Reading, decode
 from mgm_payloads import install_code_payload, mac_payload, v2_payload, zcl_payload
 
@@ -276,20 +277,11 @@ def test_arbitrary_bytes_only_ever_raise_decode_error():
 
 def test_decoding_a_normal_reading_allocates_nothing():
     # The firmware decodes every few seconds for years: keep the heap quiet (MicroPython only).
-    import gc
-    if not hasattr(gc, "mem_alloc"):
+    if not heap_probe.MEASURABLE:
         return
     out = Reading()
     for payload in (zcl_payload(7, 1000000, None, 1, 1000, -250), v2_payload(123456, -250)):
         view = memoryview(bytearray(payload))
         decode(view, out)
-        gc.collect()
-        gc.disable()
-        try:
-            before = gc.mem_alloc()
-            for _ in range(50):
-                decode(view, out)
-            grown = gc.mem_alloc() - before
-        finally:
-            gc.enable()
+        grown = heap_probe.allocated(lambda: decode(view, out), 50)
         assert grown < 200, "%d bytes allocated by 50 decodes of a %s reading" % (grown, out.format)

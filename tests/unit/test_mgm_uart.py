@@ -1,5 +1,6 @@
 # The MGM111 link's byte level: requests and the streaming frame parser.
 # Plain asserts only: runs under CPython (pytest) and MicroPython (tests/unit_runner.py).
+import heap_probe
 import mgm_uart
 from mgm_payloads import frame, mac_payload, v2_payload, zcl_payload
 from mgm_uart import (CMD_ERROR, CMD_INSTALL_CODE, CMD_JOIN, CMD_MAC, CMD_READING, CMD_VERSION,
@@ -222,8 +223,7 @@ def test_reset_forgets_a_pending_frame_and_zeroes_counters():
 def test_no_allocation_per_frame():
     # The claim the firmware relies on: steady-state parsing allocates nothing (MicroPython only;
     # CPython has no gc.mem_alloc).
-    import gc
-    if not hasattr(gc, "mem_alloc"):
+    if not heap_probe.MEASURABLE:
         return
     count = [0]
 
@@ -234,15 +234,7 @@ def test_no_allocation_per_frame():
     data = ZCL + V2 + b"\x00\xff"  # (log lines do allocate: the str handed out)
     p.feed(data)  # the first frame of each length makes its payload view, once
     p.feed(data)
-    gc.collect()
-    gc.disable()
-    try:
-        before = gc.mem_alloc()
-        for _ in range(50):
-            p.feed(data)
-        grown = gc.mem_alloc() - before
-    finally:
-        gc.enable()
+    grown = heap_probe.allocated(lambda: p.feed(data), 50)
     assert count[0] == 104
     assert grown < 200, "parser allocated %d bytes for 100 frames" % grown
 
