@@ -6,13 +6,21 @@ VERSION ?= 8
 FLASH_ARGS = $(if $(PORT),--port $(PORT)) $(if $(IMAGE),--image $(IMAGE))
 UMQTT = build/lib/umqtt/simple.py
 STAMP = build/.deps-$(shell cat requirements-dev.txt | cksum | cut -d' ' -f1)
+MP32 = node_modules/.package-lock.json
 
 .PHONY: deps test sim bench flash backup restore deploy config console decode clean
 
-deps: $(STAMP) $(UMQTT)
+deps: $(STAMP) $(UMQTT) $(MP32)
 	@command -v mosquitto >/dev/null || command -v /usr/sbin/mosquitto >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mosquitto; \
 	  else echo "mosquitto is missing: sudo apt-get install mosquitto"; exit 1; fi; }
+
+# The 32-bit MicroPython (wasm32, runs under node) for the 32-bit bench figures and tests/test_32bit.py.
+# npm writes node_modules/.package-lock.json on every install: newer than the lock file = up to date.
+$(MP32): package-lock.json
+	@command -v npm >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error; else \
+	  echo "WARNING: node and npm are missing (sudo apt-get install nodejs npm): make test and make bench need them"; fi
 
 $(STAMP): requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -43,4 +51,4 @@ flash backup restore deploy config console: deps
 	$(PY) tools/flash.py $@ $(FLASH_ARGS)
 
 clean:
-	rm -rf build .pytest_cache .hypothesis
+	rm -rf build node_modules .pytest_cache .hypothesis

@@ -2,6 +2,12 @@
 # Shared by the firmware (boot) and the host tools (`make config`), so a config that the host
 # accepts is exactly one the device accepts. Pure: no hardware, runs on CPython and MicroPython.
 import json
+import os
+
+# A real config.json is about 1 KB; values nest two levels ({"section": {"setting": value}}), a
+# wrong-type value (a list, an object) one or two more, for a message that names the setting.
+MAX_BYTES = 8192
+MAX_DEPTH = 4
 
 SECRET_KEYS = (("wifi", "password"), ("mqtt", "password"))
 
@@ -29,6 +35,9 @@ SCHEMA = {
     "meter": {
         "poll_interval_s": (30, "int", 5, 300),
         "startup_delay_s": (10, "int", 0, 60),
+        # Readings from the MGM111's own log lines too (loglevel 20): for MGM v4/v6, whose answers
+        # to polls nobody can decode yet. Also a switch in HA.
+        "mgm_log": (False, "bool", 0, 0),
     },
     "reporting": {
         # Publish power when it changed by at least this many W (0: every reading) ...
@@ -136,19 +145,65 @@ def validate(cfg, board="esp32"):
     return errors
 
 
+def _depth(text):
+    """How deeply {...} and [...] nest in JSON text (outside strings)."""
+    deepest = depth = 0
+    in_str = esc = False
+    for c in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c == "{" or c == "[":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif c == "}" or c == "]":
+            depth -= 1
+    return deepest
+
+
 def _read_json(path, errors, required):
     try:
-        with open(path) as f:
-            text = f.read()
+        size = os.stat(path)[6]
     except OSError:
         if required:
             errors.append("%s: file not found" % path)
+        return None
+    # Checked before reading: a wrong file (a log, a firmware image) must not exhaust the heap.
+    if size > MAX_BYTES:
+        errors.append("%s: %d bytes is far too large for a configuration file (at most %d; a "
+                      "real one is about 1 KB): is it the right file?" % (path, size, MAX_BYTES))
+        return None
+    try:
+        with open(path) as f:
+            text = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        errors.append("%s: cannot be read (%s)" % (path, e))
+        return None
+    except (ValueError, UnicodeError):
+        errors.append("%s: not text (is it the right file?)" % path)
+        return None
+    if len(text) > MAX_BYTES:  # grew since stat, or not a regular file
+        errors.append("%s: far too large for a configuration file (at most %d bytes)" % (path, MAX_BYTES))
+        return None
+    if _depth(text) > MAX_DEPTH:
+        errors.append("%s: {...} or [...] nested more than %d deep; settings are at most two levels: "
+                      '{"section": {"setting": value}}' % (path, MAX_DEPTH))
         return None
     try:
         data = json.loads(text)
     except ValueError as e:
         # MicroPython's message is terse; CPython's names the line. Either way, say which file.
         errors.append("%s: not valid JSON (%s)" % (path, e))
+        return None
+    except (MemoryError, RuntimeError) as e:  # RuntimeError: CPython's RecursionError
+        errors.append("%s: too large or too deeply nested to read (%s)" % (path, type(e).__name__))
         return None
     if not isinstance(data, dict):
         errors.append("%s: must hold one JSON object {...}" % path)

@@ -4,6 +4,7 @@ import time
 
 _t0 = time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.time() * 1000)
 last_error = ""
+last_error_ms = None  # ticks_ms of last_error: HA shows when it happened
 counts = {"warning": 0, "error": 0}
 listener = None  # optional callable(level, text), e.g. to mark the last_error as changed
 
@@ -15,10 +16,11 @@ def _uptime_s():
 
 
 def _emit(level, text):
-    global last_error
+    global last_error, last_error_ms
     print("[%9.3f] %-5s %s" % (_uptime_s(), level, text))
     if level in ("warn", "error"):
         last_error = text
+        last_error_ms = time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.time() * 1000)
         counts["error" if level == "error" else "warning"] += 1
         if listener:
             listener(level, text)

@@ -7,12 +7,18 @@ try:
 except ImportError:  # pragma: no cover - only very old MicroPython
     import uasyncio as asyncio
 
-from mgm_uart import FrameParser, request
+from mgm_uart import FrameParser, allowed, loglevel_request, request
 
 QUIET_MS = 20  # the line counts as idle after this: a broken frame will not be completed
 
 
+class Forbidden(ValueError):
+    """Something other than mgm_uart.ALLOWED was about to be written to the MGM111."""
+
+
 class Link:
+    """on_frame(cmd, payload) and on_log(buf, start, end) as FrameParser hands them out."""
+
     def __init__(self, uart, on_frame, on_log=None):
         self.uart = uart
         self.on_frame = on_frame
@@ -44,8 +50,21 @@ class Link:
             self.parser.idle()
             self._idle = True
 
+    def write(self, data):
+        """The one place the firmware writes to the MGM111. Only mgm_uart.ALLOWED passes: a command
+        that can drop the meter pairing or print keys (leave, reset, printKeys, $d) is refused
+        with Forbidden, whatever code or MQTT message asked for it."""
+        if not allowed(data):
+            raise Forbidden("refused to send %r to the MGM111: only the requests $r $j $m $i $f, "
+                            "a lone CR and loglevel 10/20 are ever sent" % (bytes(data[:24]),))
+        self.uart.write(data)
+
     def send(self, cmd):
-        self.uart.write(request(cmd))
+        self.write(request(cmd))
+
+    def set_loglevel(self, level):
+        """20: the module prints its received-message lines; 10: normal (protocol.md)."""
+        self.write(loglevel_request(level))
 
     async def ask(self, cmd, timeout_ms):
         """Send one request; True once an answer to it has been parsed, False on timeout."""
@@ -60,7 +79,7 @@ class Link:
 
     async def drain(self, quiet_ms=200, max_ms=3000):
         """A lone CR ends whatever half-command the MGM holds; then read until the line is quiet."""
-        self.uart.write(b"\r")
+        self.write(b"\r")
         t0 = time.ticks_ms()
         while time.ticks_diff(time.ticks_ms(), t0) < max_ms:
             await asyncio.sleep_ms(20)

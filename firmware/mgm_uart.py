@@ -1,8 +1,8 @@
 # The MGM111 wire format (protocol.md "Framing"): 3-byte requests, and a streaming parser for the
 # responses, which share the RX line with the module's log text and whatever noise it picks up.
-# Runs on MicroPython and CPython. The parser allocates nothing per byte or per frame (only each log
-# line becomes a new str): one fixed buffer holds the frame being received, and payloads are handed
-# out as cached memoryviews into it.
+# Runs on MicroPython and CPython. The parser allocates nothing per byte, per frame or per log line:
+# one fixed buffer holds the frame being received (payloads are handed out as cached memoryviews
+# into it), another the log line (handed out as the buffer and the line's bounds).
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -21,7 +21,9 @@ _RESPONSE = const(0x01)
 _END = const(0x0D)  # '\r'
 _LF = const(0x0A)
 FRAME_MAX = const(260)  # '$' 01 cmd len + 255 payload bytes + '\r'
-LINE_MAX = const(120)  # a longer MGM log line is cut here
+# A longer MGM log line is cut here. A verbose module's received-message line ("T...:RX len 67, ep 01,
+# clus 0x0702 (Simple Metering) FC 18 seq B7 cmd 01 payload[<64 bytes as hex>]") is ~280 chars.
+LINE_MAX = const(300)
 _VIEWS_KEPT = const(8)  # reading, version, MAC, install code, join, error: 6 lengths at most
 
 REQUESTS = {}
@@ -44,11 +46,28 @@ def loglevel_request(level):
     return b"loglevel %d\r" % level
 
 
+# Everything the firmware may ever write to the MGM111 (protocol.md): the five requests, a lone CR
+# (drain) and the two log levels. Commands that drop the meter pairing or print keys (leave, reset,
+# printKeys, $d) are deliberately absent: Link.write refuses anything not listed, whoever asks.
+ALLOWED = tuple(REQUESTS[c] for c in (CMD_READING, CMD_JOIN, CMD_MAC, CMD_INSTALL_CODE, CMD_VERSION)) + (
+    b"\r", b"loglevel 10\r", b"loglevel 20\r")
+
+
+def allowed(data):
+    """True if data is exactly one of ALLOWED (compares without allocating)."""
+    return data in ALLOWED
+
+
 class FrameParser:
     """Feed it bytes in any chunking; it calls on_frame(cmd, payload) per complete frame and
-    on_log(text) per MGM log line.
+    on_log(buf, start, end) per MGM log line.
 
     The payload memoryview points into the parser's buffer and is only valid during the call.
+    A log line is buf[start:end]: buf is the parser's line bytearray (printable ASCII and tabs,
+    leading and trailing blanks excluded, never empty, at most LINE_MAX long: a longer line is cut
+    there and its tail dropped); like the payload it is only valid during the call (copy what you
+    keep; str(memoryview(buf)[start:end], "ascii") makes a str). A frame in the middle of a log line
+    does not cut it: the text on both sides is one line, as the module printed it.
     Callbacks should not raise: an exception propagates out of feed() and the rest of that chunk
     is lost (the parser's own state stays consistent).
     """
@@ -62,7 +81,6 @@ class FrameParser:
         # line noise produced gets a passing view instead of holding memory for good.
         self._views = {}
         self.line = bytearray(LINE_MAX)  # the MGM log line being received
-        self._line_mv = memoryview(self.line)
         self.reset()
 
     def reset(self):
@@ -159,10 +177,8 @@ class FrameParser:
         if self._lost:
             self._lost = False
             self.resyncs += 1
-        if self.line_n:  # text cut off by a frame is not a log line
-            self.garbage_bytes += self.line_n
-            self.line_n = 0
-        self._skip_line = False
+        # A pending log line is kept: the module can print a frame in the middle of a line, whose
+        # rest follows the frame (a received-message line must come out whole).
         try:
             self.on_frame(self.buf[2], v)
         finally:
@@ -217,8 +233,7 @@ class FrameParser:
             self._lost = True
 
     def _emit_line(self):
-        # Only printable ASCII gets into self.line, so this is plain text; a log line is the one
-        # place the parser allocates (the str it hands out).
+        # Only printable ASCII gets into self.line. Handed out in place: no str per line.
         line = self.line
         a = 0
         b = self.line_n
@@ -230,4 +245,4 @@ class FrameParser:
         if b > a:
             self.log_lines += 1
             if self.on_log is not None:
-                self.on_log(str(self._line_mv[a:b], "ascii"))
+                self.on_log(line, a, b)

@@ -1,75 +1,255 @@
-# MQTT over micropython-lib's umqtt.simple: reconnect with backoff as a normal path, last will,
-# a bounded outbox (latest value per topic, so an outage of any length costs no memory), commands in.
+# MQTT that nothing on the network can block or crash. micropython-lib's umqtt.simple (as shipped)
+# encodes the packets; this module owns the socket, which stays non-blocking end to end:
+# - writes go to a bounded, preallocated output buffer sent from the loop (a broker that stops
+#   reading is a connection fault, never a wait);
+# - reads are framed by our own fixed-header reader into a preallocated input buffer: CONNACK,
+#   SUBACK, UNSUBACK and PINGRESP are handled here, and umqtt parses a PUBLISH only once it is
+#   whole in memory; a packet larger than the buffer is drained chunk by chunk, never allocated;
+# - every wait has a deadline, and a path that vanishes without FIN/RST is found by the keepalive.
+# Also: reconnect within seconds, last will, a bounded outbox (latest value per topic). The connect
+# procedure is mqtt_connect.py, in memory only while not connected.
 import time
 
 try:
     import asyncio
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
-import select
-import socket
 from collections import OrderedDict
+
+try:
+    from micropython import const
+except ImportError:  # CPython (bench speed comparison)
+    def const(x):
+        return x
 
 import log
 import umqtt.simple as _umqtt
 
-BACKOFF_MS = (1000, 2000, 5000, 10000, 30000, 60000)
-CONNECT_TIMEOUT_MS = 5000
+OUT_SIZE = const(1536)  # our largest packet (a discovery payload, ~0.8-1.1 KB) and then some
+IN_SIZE = const(384)  # the largest packet we take in: commands, HA's status, our retained totals
+RESERVE = const(16)  # kept free in the output buffer for PINGREQ, UNSUBSCRIBE, PUBACK
+RETRY_MS = (500, 1000, 2000, 3000)  # broker down, refused, silent: back within seconds
+LOGIN_RETRY_MS = (10000, 30000, 60000)  # a refused login: fast retries would not fix it
+CONNECT_TIMEOUT_MS = const(5000)  # TCP connect; then TLS handshake + CONNACK
+ACK_TIMEOUT_MS = const(10000)  # SUBACK, UNSUBACK
+PING_EVERY_MS = const(15000)  # or keepalive/2 if shorter
+PING_WAIT_MS = const(10000)  # or keepalive/2 if shorter: silence after a PINGREQ = the link is dead
+PACKETS_PER_STEP = const(8)
+READS_PER_STEP = const(8)  # up to 3 KB drained per step: a 1 MB message is gone in seconds
 OUTBOX_MAX = 48  # distinct topics waiting; our own topic set is far smaller
+LOG_BURST = const(5)  # refusals logged per LOG_WINDOW_MS; the rest only counted
+LOG_WINDOW_MS = const(10000)
+_WOULD_BLOCK = (11, 115, 119, -26880, -26752)  # EAGAIN, EINPROGRESS (unix, lwIP), mbedTLS WANT_READ/WRITE
 
 
-class _Sock:
-    """Wraps the connected socket for umqtt: connect() is a no-op (we connected it without
-    blocking), and reads are timestamped so a dead broker is noticed by missing PINGRESPs."""
+class _WouldWait(Exception):
+    """Raised into umqtt where it would wait for an answer: our reader takes the answer later."""
 
-    def __init__(self, s):
+
+class _Wire:
+    """The socket as umqtt sees it (and its `socket` module, while it connects), made once: its
+    buffers serve every connection. write() only appends to the output buffer; read() serves only
+    the packet staged by Mqtt's reader, else raises _WouldWait; setblocking() is ignored."""
+
+    def __init__(self):
+        self.obuf = bytearray(OUT_SIZE)
+        self.omv = memoryview(self.obuf)
+        self.ibuf = bytearray(IN_SIZE)
+        self.imv = memoryview(self.ibuf)
+        self.s = None
+        self.attach(None)
+
+    def attach(self, s):
         self.s = s
-        self.last_rx = time.ticks_ms()
+        self.o0 = self.o1 = 0  # bytes waiting to be sent: obuf[o0:o1]
+        self.wlen = 0  # length of the write that would have blocked: retried with exactly that
+        self.i0 = self.i1 = 0  # bytes received, not yet handled: ibuf[i0:i1]
+        self.tail = self.imv  # ibuf[i1:], remade only when i1 moves (an idle read allocates nothing)
+        self.skip = 0  # bytes of a refused packet still to drain
+        self.p0 = self.pb = self.p1 = 0  # the current packet: start, variable header, end
+        self.rp = -1  # read() position inside the staged packet; -1: nothing staged
+        now = time.ticks_ms()
+        self.last_rx = now
+        self.last_tx = now  # last progress sending (or the moment the buffer stopped being empty)
+
+    # --- what umqtt calls ---
+    def socket(self, *args):
+        return self
+
+    def getaddrinfo(self, host, port):
+        return ((None,),)
 
     def connect(self, addr):
         pass
 
-    def read(self, n):
-        d = self.s.read(n)
-        if d:
-            self.last_rx = time.ticks_ms()
-        return d
+    def setblocking(self, flag):
+        pass
 
     def write(self, data, n=None):
-        return self.s.write(data) if n is None else self.s.write(memoryview(data)[:n])
+        if isinstance(data, str):
+            data = data.encode()
+        if n is None:
+            n = len(data)
+        if self.o1 + n > OUT_SIZE:
+            self._compact_out()
+            if self.o1 + n > OUT_SIZE:
+                raise OSError("our output buffer is full: the broker is not taking our messages")
+        if self.o0 == self.o1:
+            self.last_tx = time.ticks_ms()
+        self.obuf[self.o1:self.o1 + n] = data if n == len(data) else memoryview(data)[:n]
+        self.o1 += n
+        return n
 
-    def setblocking(self, flag):
-        self.s.setblocking(flag)
-        if flag and hasattr(self.s, "settimeout"):
-            self.s.settimeout(2)  # a broker that stalls mid-packet must not hang the loop forever
+    def read(self, n):
+        p = self.rp
+        if p < 0 or p + n > self.p1:
+            raise _WouldWait()
+        self.rp = p + n
+        return bytes(self.imv[p:p + n])
 
     def close(self):
-        self.s.close()
-
-
-class _Preconnected:
-    """Stands in for umqtt.simple's `socket` module during connect(): hands it our socket."""
-
-    def __init__(self, sock):
-        self.sock = sock
-
-    def socket(self, *args):
-        return self.sock
-
-    def getaddrinfo(self, host, port):
-        return [(None, None, None, None, None)]
-
-
-class Client(_umqtt.MQTTClient):
-    def unsubscribe(self, topic):
-        # UNSUBSCRIBE is not in umqtt.simple 1.3.4. Wait for the UNSUBACK as subscribe() waits for
-        # its SUBACK, so its bytes are not mistaken for the next packet.
-        self.pid = (self.pid + 1) & 0xFFFF or 1
-        self.sock.write(bytes((0xA2, 2 + 2 + len(topic), self.pid >> 8, self.pid & 0xFF)))
-        self._send_str(topic)
-        while self.wait_msg() != 0xB0:
+        # umqtt's disconnect() ends here: what is buffered (e.g. "offline") gets one more try.
+        s = self.s
+        if s is None:
+            return
+        try:
+            self.send()
+        except (OSError, MemoryError):
             pass
-        self.sock.read(3)
+        self.s = None
+        try:
+            s.close()
+        except OSError:
+            pass
+
+    # --- output ---
+    def _compact_out(self):
+        n = self.o1 - self.o0
+        if self.o0:
+            self.obuf[0:n] = self.omv[self.o0:self.o1]
+            self.o0, self.o1 = 0, n
+
+    def send(self):
+        """Push buffered bytes without waiting; the rest stays for the next step."""
+        if self.o0 == self.o1 or self.s is None:
+            return
+        # mbedTLS: a write that would block must be repeated with the same data and length (it
+        # has encrypted them already and will report that length); bytes queued since then wait.
+        n = self.wlen or self.o1 - self.o0
+        try:
+            k = self.s.write(self.omv[self.o0:self.o0 + n])
+        except OSError as e:
+            if e.args and e.args[0] in _WOULD_BLOCK:
+                self.wlen = n
+                return
+            raise
+        if k is None:
+            self.wlen = n
+        elif k:
+            if k < 0 or k > n:
+                raise OSError("the connection is broken")
+            self.wlen = 0
+            self.o0 += k
+            self.last_tx = time.ticks_ms()
+            if self.o0 == self.o1:
+                self.o0 = self.o1 = 0
+
+    # --- input ---
+    def fill(self):
+        """One read into the free part of the input buffer -> bytes read (0: none now)."""
+        if self.i1 == IN_SIZE:
+            if not self.i0:
+                return 0  # full of a packet being refused: packet() makes room
+            self._compact_in()
+        try:
+            k = self.s.readinto(self.tail)
+        except OSError as e:
+            if e.args and e.args[0] in _WOULD_BLOCK:
+                return 0
+            raise
+        if k is None:
+            return 0
+        if k == 0:
+            raise OSError("the broker closed the connection")
+        self.last_rx = time.ticks_ms()
+        self.i1 += k
+        if self.skip:  # still draining a refused packet: these bytes go
+            d = self.skip if self.skip < self.i1 - self.i0 else self.i1 - self.i0
+            self.skip -= d
+            self.i0 += d
+        if self.i0 == self.i1:
+            self.i0 = self.i1 = 0
+            self.tail = self.imv
+        else:
+            self.tail = self.imv[self.i1:]
+        return k
+
+    def _compact_in(self):
+        n = self.i1 - self.i0
+        if self.i0:
+            self.ibuf[0:n] = self.imv[self.i0:self.i1]
+            self.i0, self.i1 = 0, n
+            self.tail = self.imv[n:]
+
+    def packet(self):
+        """The next whole packet in the buffer -> its first byte (p0/pb/p1 locate it), or None
+        while incomplete, or -1 once the head of a packet too large to take has been drained
+        into the buffer (p0/pb/p1 then hold that head; the rest is skipped as it arrives)."""
+        i0, i1 = self.i0, self.i1
+        b = self.ibuf
+        if i1 - i0 < 2:
+            return None
+        n = 0
+        sh = 0
+        i = i0 + 1
+        while True:
+            if i >= i1:
+                return None
+            c = b[i]
+            i += 1
+            n |= (c & 0x7F) << sh
+            if not c & 0x80:
+                break
+            sh += 7
+            if sh > 21:
+                raise OSError("a malformed packet from the broker (bad length)")
+        total = i - i0 + n
+        if total > IN_SIZE:
+            if i1 - i0 < IN_SIZE:  # take in a full buffer first: the head names the topic
+                if i0:
+                    self._compact_in()
+                return None
+            self.p0, self.pb, self.p1 = i0, i, i1
+            self.skip = total - (i1 - i0)
+            return -1
+        if i1 - i0 < total:
+            if i0 + total > IN_SIZE:
+                self._compact_in()
+            return None
+        self.p0, self.pb, self.p1 = i0, i, i0 + total
+        return b[i0]
+
+    def consume(self):
+        self.i0 = self.p1
+        self.rp = -1
+        if self.i0 >= self.i1:
+            self.i0 = self.i1 = 0
+            self.tail = self.imv
+
+
+def _b(s):
+    return s.encode() if isinstance(s, str) else s
+
+
+def _view(s):
+    # A str payload's UTF-8 bytes without a copy (MicroPython's str has the buffer protocol): a
+    # discovery payload is ~0.7 KB, and its copy was a second one at the heap's peak.
+    if isinstance(s, str):
+        try:
+            return memoryview(s)
+        except TypeError:  # CPython (the bench's speed comparison)
+            return s.encode()
+    return s
 
 
 class Mqtt:
@@ -81,18 +261,33 @@ class Mqtt:
         self.user = m["user"]
         self.password = m["password"]
         self.keepalive = m["keepalive_s"]
+        ka_ms = self.keepalive * 1000
+        self.ping_every = min(PING_EVERY_MS, ka_ms // 2)
+        self.ping_wait = min(PING_WAIT_MS, ka_ms // 2)
         self.client_id = client_id
         self.base = base
-        self.on_message = on_message
+        self.on_message = on_message  # (topic str, payload bytes, retained bool)
         self.on_connect = on_connect
+        self.wire = _Wire()
         self.client = None
         self.connected = False
         self.connects = 0
         self.failures = 0
+        self.refusals = 0  # input refused (too large, malformed, invalid commands): diag mqtt_refused
         self.outbox = OrderedDict()  # topic -> (payload, retain), oldest first
         self.dropped = 0
-        self._last_ping = 0
+        self._ai = None  # the broker's address, resolved once (a DNS lookup can block)
+        self._acks = {}  # packet id -> (deadline, what): SUBACK/UNSUBACK awaited
+        self._connack = None
+        self._rx_retain = False
+        self._ping_at = 0  # when the last PINGREQ went out
+        self._unanswered = None  # when the oldest unanswered PINGREQ went out
+        self._log_t = 0
+        self._log_n = 0
+        self._log_hidden = 0
+        self._log_last = None
 
+    # --- what the app calls ---
     def publish(self, topic, payload, retain=False):
         box = self.outbox
         if topic in box:
@@ -102,146 +297,270 @@ class Mqtt:
             self.dropped += 1
         box[topic] = (payload, retain)
 
-    async def _open(self):
-        ai = socket.getaddrinfo(self.host, self.port)[0]
-        s = socket.socket(ai[0], ai[1], ai[2]) if ai[0] is not None else socket.socket()
-        try:
-            # umqtt writes a packet in 2-4 pieces: without TCP_NODELAY, Nagle + delayed ACK make
-            # each subscribe wait ~40 ms for its SUBACK, blocking the loop.
-            s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (lwIP and Linux agree)
-        except (OSError, AttributeError):
-            pass
-        s.setblocking(False)
-        try:
-            s.connect(ai[-1])
-        except OSError as e:
-            if e.args[0] not in (115, 119):  # EINPROGRESS (unix, lwIP)
-                s.close()
-                raise
-        p = select.poll()
-        p.register(s, select.POLLOUT | select.POLLERR | select.POLLHUP)
-        t0 = time.ticks_ms()
-        while True:
-            ev = p.poll(0)
-            if ev:
-                if ev[0][1] & (select.POLLERR | select.POLLHUP):
-                    s.close()
-                    raise OSError("connection refused")
-                break
-            if time.ticks_diff(time.ticks_ms(), t0) > CONNECT_TIMEOUT_MS:
-                s.close()
-                raise OSError("timed out")
-            await asyncio.sleep_ms(10)
-        s.setblocking(True)
-        s.settimeout(2)
-        if self.tls:
-            import ssl
-            # The handshake blocks (~1 s on an ESP32): once per connect, within the watchdog's margin.
-            s = ssl.wrap_socket(s, server_hostname=self.host)
-        return _Sock(s)
-
-    async def _connect(self):
-        sock = await self._open()
-        c = Client(self.client_id, self.host, self.port, self.user, self.password,
-                   keepalive=self.keepalive)
-        c.set_callback(self._message)
-        c.set_last_will(self.base + "/status", "offline", retain=True)
-        real = _umqtt.socket
-        _umqtt.socket = _Preconnected(sock)
-        try:
-            c.connect()  # CONNECT + CONNACK over our socket; the broker answers in milliseconds
-        finally:
-            _umqtt.socket = real
-        self.client = c
-        self.sock = sock
-
-    def _message(self, topic, msg):
-        try:
-            self.on_message(topic.decode(), msg)
-        except Exception as e:  # a bad command must never take the connection down
-            log.warn("MQTT message on %s not handled: %s" % (topic, e))
-
     def subscribe(self, topic):
-        self.client.subscribe(topic)
+        """Sends SUBSCRIBE and returns; the SUBACK is awaited in the background (bounded)."""
+        c = self.client
+        try:
+            c.subscribe(_b(topic))
+        except _WouldWait:
+            pass  # umqtt would now wait for the SUBACK: our reader takes it
+        self._acks[c.pid] = (time.ticks_add(time.ticks_ms(), ACK_TIMEOUT_MS), topic)
 
     def unsubscribe(self, topic):
-        self.client.unsubscribe(topic)
+        # UNSUBSCRIBE is not in umqtt.simple 1.3.4: written here, its UNSUBACK taken by our reader.
+        c = self.client
+        t = _b(topic)
+        pid = c.pid = (c.pid + 1) & 0xFFFF or 1
+        self.wire.write(bytes((0xA2, 4 + len(t), pid >> 8, pid & 0xFF)))
+        c._send_str(t)
+        self._acks[pid] = (time.ticks_add(time.ticks_ms(), ACK_TIMEOUT_MS), topic)
 
-    def _drop(self, why):
-        if self.connected:
-            log.warn("MQTT connection lost (%s); reconnecting" % why)
-        self.connected = False
-        if self.client:
-            try:
-                self.client.sock.close()
-            except (OSError, AttributeError):
-                pass
-        self.client = None
+    def refused(self, text):
+        """Log refused input in words, at most LOG_BURST lines per LOG_WINDOW_MS (a flood must
+        not flood the log); every refusal is counted (diag)."""
+        self.refusals += 1
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._log_t) >= LOG_WINDOW_MS:
+            self._log_t = now
+            self._log_n = 0
+        if self._log_n >= LOG_BURST:
+            self._log_hidden += 1
+            self._log_last = text
+            return
+        self._log_n += 1
+        log.warn(text)
 
+    def _log_summary(self):
+        # Once the window is over, what was not shown is summed up (with the latest of them).
+        if self._log_hidden and time.ticks_diff(time.ticks_ms(), self._log_t) >= LOG_WINDOW_MS:
+            log.warn("%d more refused in %d s, not shown; the latest: %s" % (
+                self._log_hidden, LOG_WINDOW_MS // 1000, self._log_last))
+            self._log_hidden = 0
+            self._log_last = None
+            self._log_t = time.ticks_ms()
+            self._log_n = 1
+
+    def flush(self, n):
+        """Queue up to n outbox messages into the output buffer as room allows, and send."""
+        box = self.outbox
+        w = self.wire
+        c = self.client
+        while n and box and c is not None:
+            topic = next(iter(box))
+            payload, retain = box[topic]
+            # bytes: umqtt sizes the packet with len(), which counts characters of a str
+            t = _b(topic)
+            p = _view(payload)
+            size = len(t) + len(p) + 7
+            if size > OUT_SIZE - RESERVE:
+                del box[topic]
+                log.warn("MQTT message on %s too large to send (%d bytes): dropped" % (topic, size))
+                continue
+            if OUT_SIZE - (w.o1 - w.o0) < size + RESERVE:
+                break  # the broker is slow to take them: the rest waits (the stall check bounds it)
+            del box[topic]
+            c.publish(t, p, retain)
+            n -= 1
+        w.send()
+
+    def poll(self):
+        """One step of a connected session, never waiting: take in what arrived (bounded), send a
+        few queued messages, keepalive and deadlines. Raises OSError on a connection fault."""
+        self._input()
+        self.flush(2)
+        self._check_times()
+        self._log_summary()
+
+    # --- the session ---
     async def run(self, network_up):
         while True:
             if not network_up():
                 self._drop("network down")
                 await asyncio.sleep_ms(500)
                 continue
+            # The connect procedure and its texts (mqtt_connect.py) are in memory only while
+            # not connected: a connected device has no use for them.
             try:
-                await self._connect()
-            except (OSError, _umqtt.MQTTException, AssertionError, IndexError, TypeError) as e:
-                self.failures += 1
-                delay = BACKOFF_MS[min(self.failures - 1, len(BACKOFF_MS) - 1)]
-                if self.failures in (1, 3) or self.failures % 20 == 0:
-                    log.warn("MQTT broker %s:%d not reachable (%s); retrying every %d s" % (
-                        self.host, self.port, _reason(e), delay // 1000))
+                import mqtt_connect
+                delay = await mqtt_connect.attempt(self)
+            except MemoryError:  # no room for it now: the same as a failed attempt
+                self._close()
+                delay = RETRY_MS[-1]
+            if delay:
                 await asyncio.sleep_ms(delay)
                 continue
+            mqtt_connect = None
+            _unload("mqtt_connect")
             self.connected = True
             self.connects += 1
             log.info("MQTT connected to %s:%d" % (self.host, self.port))
             self.failures = 0
-            self._last_ping = time.ticks_ms()
             try:
-                self.client.publish(self.base + "/status", "online", True)
+                self.client.publish(_b(self.base + "/status"), b"online", True)
                 await self.on_connect(self)
-                await self._serve()
-            except (OSError, AssertionError, IndexError, TypeError) as e:
+                while True:
+                    if not network_up():
+                        raise OSError("network down")
+                    self.poll()
+                    await asyncio.sleep_ms(20)
+            except (OSError, MemoryError, _umqtt.MQTTException, _WouldWait, AssertionError, IndexError,
+                    TypeError, ValueError) as e:
+                # MemoryError included: memory pressure costs a reconnect, never the firmware.
                 self._drop(_reason(e))
-            await asyncio.sleep_ms(BACKOFF_MS[0])
+            await asyncio.sleep_ms(RETRY_MS[0])
 
-    async def _serve(self):
-        c = self.client
-        ka_ms = self.keepalive * 1000
-        while True:
-            for _ in range(4):  # a message per call; a few per step keeps the step short
-                c.check_msg()
-            self.flush(2)
-            now = time.ticks_ms()
-            if time.ticks_diff(now, self._last_ping) > ka_ms // 2:
-                c.ping()
-                self._last_ping = now
-            if time.ticks_diff(now, self.sock.last_rx) > ka_ms + ka_ms // 2:
-                raise OSError("no answer from the broker for %d s" % (ka_ms * 3 // 2000))
-            await asyncio.sleep_ms(20)
+    def _close(self):
+        self.client = None
+        self.wire.close()
 
-    def flush(self, n):
-        """Publish up to n queued messages (a few per loop step keeps each step short)."""
-        box = self.outbox
-        while n and box and self.client:
-            topic = next(iter(box))
-            payload, retain = box.pop(topic)
+    def _drop(self, why):
+        if self.connected:
+            log.warn("MQTT connection lost (%s); reconnecting" % why)
+        self.connected = False
+        self._close()
+
+    # --- input ---
+    def _input(self):
+        w = self.wire
+        reads = 0
+        n = 0
+        while n < PACKETS_PER_STEP:
+            op = w.packet()
+            if op is None:
+                if reads == READS_PER_STEP or not w.fill():
+                    return
+                reads += 1
+                continue
             try:
-                self.client.publish(topic, payload, retain)
-            except OSError:
-                box[topic] = (payload, retain)  # not lost: sent after the reconnect
-                raise
-            n -= 1
+                self._handle(op)
+            finally:
+                w.consume()
+            n += 1
+
+    def _handle(self, op):
+        w = self.wire
+        b = w.ibuf
+        p = w.pb
+        n = w.p1 - p
+        kind = op & 0xF0
+        if op == -1:
+            self._too_large()
+        elif kind == 0x30:
+            self._publish_in(op)
+        elif kind == 0xD0:  # PINGRESP
+            self._unanswered = None
+        elif kind in (0x90, 0xB0) and n >= 2:  # SUBACK, UNSUBACK
+            pid = b[p] << 8 | b[p + 1]
+            a = self._acks.pop(pid, None)
+            if a is not None and kind == 0x90 and (n < 3 or b[p + 2] & 0x80):
+                log.warn("the MQTT broker refused our subscription to %s (its access rules?): "
+                         "commands from Home Assistant will not arrive" % a[1])
+        elif kind == 0x20 and n == 2 and self._connack is None:  # CONNACK
+            self._connack = b[p + 1]
+        else:
+            self.refused("unexpected MQTT packet (type 0x%02x, %d bytes) from the broker: ignored" % (op, n))
+
+    def _topic_at(self, p, end):
+        """The topic of a PUBLISH whose variable header starts at p, for a log line."""
+        b = self.wire.ibuf
+        if end - p < 2:
+            return "?"
+        tl = b[p] << 8 | b[p + 1]
+        if tl > 80 or p + 2 + tl > end:
+            return "(a long topic)"
+        try:
+            return bytes(b[p + 2:p + 2 + tl]).decode()
+        except UnicodeError:
+            return "(a topic that is not text)"
+
+    def _too_large(self):
+        w = self.wire
+        size = w.p1 - w.p0 + w.skip
+        if w.ibuf[w.p0] & 0xF0 == 0x30:
+            self.refused("MQTT message of %d bytes on %s refused: larger than the %d bytes accepted "
+                         "(drained, not read)" % (size, self._topic_at(w.pb, w.p1), IN_SIZE))
+        else:
+            self.refused("MQTT packet of %d bytes from the broker (type 0x%02x) refused: too large"
+                         % (size, w.ibuf[w.p0]))
+
+    def _publish_in(self, op):
+        w = self.wire
+        b = w.ibuf
+        p = w.pb
+        end = w.p1
+        qos = (op >> 1) & 3
+        tl = b[p] << 8 | b[p + 1] if end - p >= 2 else 0
+        if tl == 0 or p + 2 + tl + (2 if qos else 0) > end or qos == 3:
+            return self.refused("malformed MQTT message from the broker: ignored")
+        if qos == 2:  # we subscribe with QoS 0: umqtt cannot answer QoS 2, so it never sees one
+            return self.refused("MQTT message with QoS 2 on %s refused (we subscribe with QoS 0)"
+                                % self._topic_at(p, end))
+        self._rx_retain = bool(op & 1)
+        w.rp = w.p0  # umqtt's wait_msg() now reads this packet, from memory
+        try:
+            self.client.wait_msg()
+        except _WouldWait:
+            self.refused("malformed MQTT message from the broker: ignored")
+
+    def _message(self, topic, msg):
+        try:
+            t = topic.decode()
+        except UnicodeError:
+            return self.refused("MQTT message on a topic that is not text: ignored")
+        try:
+            self.on_message(t, msg, self._rx_retain)
+        except Exception as e:  # a bad command must never take the connection down
+            log.warn("MQTT message on %s not handled: %s" % (t, _reason(e)))
+
+    # --- time ---
+    def _check_times(self):
+        w = self.wire
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._ping_at) >= self.ping_every:
+            self.client.ping()  # 2 bytes into the reserve; sent with the next send()
+            w.send()
+            self._ping_at = now
+            if self._unanswered is None:
+                self._unanswered = now
+        u = self._unanswered
+        if u is not None:
+            # Silence since the ping went out (a flood of input keeps the link alive: it is data).
+            since = w.last_rx if time.ticks_diff(w.last_rx, u) > 0 else u
+            if time.ticks_diff(now, since) > self.ping_wait:
+                raise OSError("no answer from the broker for %s s after a keepalive ping: the network "
+                              "path or the broker is gone" % _secs(time.ticks_diff(now, u)))
+        if w.o1 != w.o0 and time.ticks_diff(now, w.last_tx) > self.ping_wait + self.ping_every:
+            raise OSError("the broker has not taken our data for %s s"
+                          % _secs(time.ticks_diff(now, w.last_tx)))
+        for pid in self._acks:
+            a = self._acks[pid]
+            if time.ticks_diff(now, a[0]) > 0:
+                raise OSError("the broker did not acknowledge our subscription change for %s within %d s"
+                              % (a[1], ACK_TIMEOUT_MS // 1000))
+
+
+def _unload(name):
+    import sys
+    sys.modules.pop(name, None)
+
+
+def _secs(ms):
+    return "%d" % (ms // 1000) if ms % 1000 == 0 or ms >= 10000 else "%.1f" % (ms / 1000)
 
 
 def _reason(e):
+    if isinstance(e, MemoryError):
+        return "out of memory"
     if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
-        return {111: "connection refused", 113: "no route to host", 110: "timed out",
-                104: "connection reset", 32: "broken pipe", -1: "connection closed"}.get(
-                    e.args[0], "error %d" % e.args[0])
+        c = e.args[0]
+        text = {111: "connection refused", 113: "no route to host", 110: "timed out", 104: "connection reset",
+                32: "broken pipe", 103: "connection aborted", -1: "connection closed", 128: "not connected",
+                -2: "host name not found", -202: "host name not found", 12: "out of memory"}.get(c)
+        if text:
+            return text
+        if c < -1:
+            return "TLS error -0x%04x" % -c  # mbedTLS codes: negative
+        return "error %d" % c
     if isinstance(e, _umqtt.MQTTException):
-        return {4: "bad user name or password", 5: "not authorised"}.get(
-            e.args[0] if e.args else 0, "refused by broker (%s)" % e)
+        return "refused by the broker (%s)" % e
     return str(e) or type(e).__name__

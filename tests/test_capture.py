@@ -193,3 +193,128 @@ def test_unreadable_capture_files(tmp_path, content, needle):
     with pytest.raises(cf.CaptureError) as e:
         cf.read_capture(str(p))
     assert needle in str(e.value) and cf.SAMPLE in str(e.value)
+
+
+# ---------- the module's received-message lines (MGM log mode, issue 13) ----------
+def record_from_sim(tmp_path, version=6, polls=60, gap=0.1, faults=(), **sim_kw):
+    """A capture as an owner would record it: capture.py --serial on the line of a simulated MGM111
+    that a host puts into `loglevel 20` and polls. -> (capture path, the stopped simulator)."""
+    from mgm_sim import MgmSim
+    sim_kw.setdefault("speedup", 1200)
+    sim_kw.setdefault("start_hour", 5.0)  # night into the morning: import, then solar export
+    sim = MgmSim(version=version, **sim_kw)
+    sim.start()
+    for name, params in faults:
+        sim.set_fault(name, **params)
+    out = tmp_path / "cap.jsonl"
+    proc = subprocess.Popen([sys.executable, TOOL, "--serial", sim.path, "--count", str(polls),
+                             "--duration", "30", "-o", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    fd = os.open(sim.path, os.O_WRONLY | os.O_NOCTTY)  # the host only writes: the sniffer reads
+    try:
+        _wait_stderr(proc, "listening")
+        os.write(fd, b"loglevel 20\r")
+        for _ in range(polls + 5):
+            if proc.poll() is not None:
+                break
+            os.write(fd, b"$r\r")
+            time.sleep(gap)
+        proc.wait(15)
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sim.stop()
+    assert proc.returncode == 0, proc.stderr.read()
+    return out, sim
+
+
+def test_serial_sniff_records_the_received_message_lines_but_never_keys(tmp_path):
+    code = bytes.fromhex("83FED3407A939723")
+    out, sim = record_from_sim(tmp_path, polls=30, install_code=code, rx_other=0.4, rx_position="mixed",
+                               faults=[("key_lines", {"count": 3}), ("rx_cut", {"probability": 0.2}),
+                                       ("rx_split", {"probability": 0.3})])
+    recs = records(out)
+    r = [x for x in recs if "cmd" not in x]
+    rx = [x for x in recs if x.get("cmd") == "rx"]
+    assert [x["hex"] for x in r] == [p.hex() for c, p in sim.sent_frames if c == "r"][:len(r)]
+    assert len(r) == 30
+    # Every whole line is recorded with its exact ZCL bytes; cut ones are not (no half lines).
+    whole = [("%04x" % s["cluster"], s["zcl"].hex()) for s in sim.rx_sent if not s["cut"] and s["cluster"] != 0x0800]
+    got = [(x["cluster"], x["hex"]) for x in rx]
+    assert got == whole[:len(got)] and len(got) >= len(whole) - 2
+    assert any(s["cut"] for s in sim.rx_sent) and any(s["split"] for s in sim.rx_sent)
+    assert {x["cluster"] for x in rx} > {"0702"} and all(x["src"] == "serial" for x in rx)
+    text = out.read_text().lower()
+    assert code.hex() not in text and sim.network_key.hex() not in text and '"0800"' not in text
+
+
+def test_mqtt_debug_topic_received_message_records(tmp_path, broker):
+    import paho.mqtt.client as mqtt
+    out = tmp_path / "cap.jsonl"
+    proc = subprocess.Popen([sys.executable, TOOL, "--mqtt", "127.0.0.1:%d" % broker.port,
+                             "--count", "2", "-o", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    z = zcl_payload(seq=0xB7, import_raw=318458, export_raw=None, demand_raw=440)
+    try:
+        _wait_stderr(proc, "subscribed")
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        topic = "vue_utility/aabbccddeeff/debug/raw"
+        msgs = [  # the firmware's shapes: an undecodable `r` payload, then the log line of it
+            {"time": "2023-12-08T08:55:46Z", "uptime_ms": 5000, "mgm_version": 6, "cmd": "r",
+             "hex": "a704" + "00" * 62, "error": "unknown payload layout"},
+            {"time": "2023-12-08T08:55:46Z", "uptime_ms": 5003, "mgm_version": 6, "cmd": "rx",
+             "cluster": "0702", "hex": z.hex()},
+            {"time": "2023-12-08T08:55:47Z", "uptime_ms": 5100, "mgm_version": 6, "cmd": "rx",
+             "cluster": "0800", "hex": "190500"},
+            {"time": "2023-12-08T08:55:48Z", "uptime_ms": 5200, "mgm_version": 6, "cmd": "rx",
+             "hex": "180101"},
+            {"time": "2023-12-08T08:55:56Z", "uptime_ms": 15000, "mgm_version": 6, "cmd": "r",
+             "hex": "a704" + "01" * 62},
+        ]
+        for m in msgs:
+            pub.publish(topic, json.dumps(m), qos=1).wait_for_publish(5)
+        proc.wait(10)
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err  # --count 2 counts readings, not log lines
+    recs = records(out)
+    assert [(x.get("cmd"), x.get("cluster"), x["hex"][:6]) for x in recs] == [
+        (None, None, "a70400"), ("rx", "0702", "18b701"), (None, None, "a70401")]
+    assert recs[1]["uptime_ms"] == 5003 and recs[1]["mgm_version"] == 6
+    assert "key material" in err and 'without its "cluster"' in err
+    rx = cf.read_rx(str(out))
+    assert [(x.cluster, x.zcl) for x in rx] == [(0x0702, z)]
+    assert [f.payload[:2] for f in cf.read_capture(str(out))] == [b"\xa7\x04"] * 2
+
+
+def test_terminal_logs_with_received_message_lines(tmp_path):
+    from mgm_lines import rx_line
+    z = zcl_payload(seq=0xB7, import_raw=318458, export_raw=None, demand_raw=440)
+    text = rx_line(0x0702, z)
+    # A sniffer's hex log holds the module's text as bytes, between frames.
+    stream = (text[:50] + "\r\n").encode()  # a cut line first: not recorded
+    stream += (text + "\r\n").encode() + frame(0x72, P1)
+    hexlog = '"2023-12-08 08:55:46",%s' % stream.hex().upper()
+    # A text terminal: one timestamped line each.
+    textlog = "2023-12-08 09:00:01 %s\n2023-12-08 09:00:02 -- Got Meter Rsp, len=37\n" % text
+    for name, log, want_r in (("hex.log", hexlog, 1), ("text.log", textlog, 0)):
+        src = tmp_path / name
+        src.write_text(log)
+        out = tmp_path / (name + ".jsonl")
+        r = capture("--log", str(src), "--mgm-version", "6", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        recs = records(out)
+        assert [x for x in recs if x.get("cmd") == "rx"] == [
+            {"t": "2023-12-08T08:55:46" if want_r else "2023-12-08T09:00:01", "cmd": "rx",
+             "cluster": "0702", "hex": z.hex(), "mgm_version": 6, "src": "log"}]
+        assert len(recs) == 1 + want_r
+        assert "1 received-message lines" in r.stderr

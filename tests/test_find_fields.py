@@ -301,3 +301,51 @@ def test_csv_in_local_time_against_a_utc_capture(tmp_path):
     assert rep["timezone_shift_s"] == -5 * 3600
     assert col["offset_s"] == pytest.approx(-5 * 3600 + 9, abs=1)
     assert (top["offset"], top["width"]) == (57, 3)
+
+
+# ---------- the module's own log lines as the ground truth (MGM log mode, issue 13) ----------
+def test_a_v6_capture_is_explained_by_its_own_log_lines(tmp_path):
+    from test_capture import record_from_sim
+    # v6: the `r` payload is a layout no decoder reads; the module's log lines are the truth. Lines
+    # cut short, frames inside lines and other clusters' lines do not get in the way.
+    cap, sim = record_from_sim(tmp_path, version=6, polls=60, rx_other=0.3, rx_position="mixed",
+                               faults=[("rx_cut", {"probability": 0.1}),
+                                       ("rx_split", {"probability": 0.2})])
+    assert any(m["power_w"] < 0 for m in sim.readings) and any(m["power_w"] > 0 for m in sim.readings)
+    r = subprocess.run([sys.executable, TOOL, str(cap), "--truth", "log", "--json"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["truth"] == "log" and rep["payload_length"] == 64 and rep["paired"] >= 40
+    # Where tools/mgm_sim.py's made-up layout keeps them: power 16-19 BE signed, import 4-9 BE,
+    # export 10-15 BE (bytes that never changed cannot be placed: the narrowest unambiguous fields).
+    _, top = best(rep, "power")
+    assert (top["offset"], top["width"], top["order"], top["encoding"], top["scale"]) == \
+        (16, 4, "be", "twos", 1.0), top
+    assert top["r"] > 0.999 and top["mean_abs_err"] == 0
+    for kind, end in (("energy", 9), ("returned", 15)):
+        _, top = best(rep, kind)
+        assert top["offset"] + top["width"] - 1 == end and top["order"] == "be", (kind, top)
+        assert top["scale"] == 1.0 and top["mean_abs_err"] == 0, (kind, top)
+    # The human report says where the truth came from.
+    r = subprocess.run([sys.executable, TOOL, str(cap), "--truth", "log"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "ground truth: " in r.stdout and "from the MGM111's log lines" in r.stdout
+    assert "bytes 16-19 BE twos" in r.stdout
+
+
+def test_truth_log_needs_log_lines_and_says_how_to_get_them(tmp_path):
+    rng = random.Random(3)
+    cap = tmp_path / "cap.jsonl"
+    times = [5.0 * k for k in range(20)]
+    write_capture(cap, times, [v2_payload(1000 + k, rng.randint(100, 900)) for k in range(20)], 2)
+    r = subprocess.run([sys.executable, TOOL, str(cap), "--truth", "log"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "MGM log mode" in r.stderr and '"cmd": "rx"' in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, TOOL, str(cap)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--truth log" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "x.csv").write_text("12/08/2023 08:00:01,1.0\n")
+    r = subprocess.run([sys.executable, TOOL, str(cap), str(tmp_path / "x.csv"), "--truth", "log"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no CSV" in r.stderr

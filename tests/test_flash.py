@@ -4,9 +4,12 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,9 +59,9 @@ def image(tmp_path):
 
 
 def write_config(fw, **over):
-    cfg = json.load(open(os.path.join(ROOT, "firmware", "config.json")))
-    cfg["wifi"]["ssid"] = "home"
-    cfg["mqtt"]["host"] = "192.168.1.10"
+    cfg = json.load(open(fw / "config.json"))  # the fixture's copy, with earlier changes
+    cfg["wifi"]["ssid"] = cfg["wifi"]["ssid"] or "home"
+    cfg["mqtt"]["host"] = cfg["mqtt"]["host"] or "192.168.1.10"
     for k, v in over.items():
         cfg[k].update(v)
     (fw / "config.json").write_text(json.dumps(cfg))
@@ -132,6 +135,31 @@ def test_backup_refused_when_the_reads_differ(run, sims, image):
     assert not os.path.exists(run.backups) or os.listdir(run.backups) == []
 
 
+def in_small_disk(cmd, folder, size="3m"):
+    """cmd run with `folder` on a tmpfs of `size` (a private mount namespace: nothing to clean)."""
+    return ["unshare", "--mount", "--map-root-user", "sh", "-c",
+            'mount -t tmpfs -o size=%s tmpfs "$0" && exec "$@"' % size, str(folder)] + cmd
+
+
+@pytest.mark.parametrize("command", ["backup", "flash"])
+def test_no_backup_is_started_without_room_for_it(sims, tmp_path, image, fwdir, command):
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--mount", "--map-root-user", "true"],
+                                                      capture_output=True).returncode:
+        pytest.skip("cannot make a small filesystem here (unshare --mount --map-root-user)")
+    sim = sims()
+    original = bytes(sim.flash)
+    small = tmp_path / "small"
+    small.mkdir()
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "flash.py"), command, "--backup-dir", str(small),
+           "--firmware-dir", str(fwdir), "--image", image, "--before", "no-reset", "--after", "no-reset",
+           "--yes", "--port", sim.path]
+    r = subprocess.run(in_small_disk(cmd, small), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "has 3.1 MB free; the backup of the 4 MB flash needs 5 MB" in r.stderr, r.stderr
+    assert "nothing was read or written" in last_line(r) and "Traceback" not in r.stderr
+    assert sim.reads == 0 and sim.writes == 0 and bytes(sim.flash) == original
+
+
 def test_damaged_backup_is_not_reused_nor_overwritten(run, sims):
     sim = sims()
     os.makedirs(run.backups)
@@ -162,13 +190,17 @@ def test_flash_backs_up_first_installs_the_app_and_restore_gives_back_the_stock_
     # MicroPython image in place; the board booted it and got the app.
     img = micropython_image()
     assert bytes(sim.flash[MP_IMAGE_OFFSET:MP_IMAGE_OFFSET + len(img)]) == img
-    on_board = set()
-    for dirpath, _, names in os.walk(sim.fsdir):
-        on_board |= {os.path.relpath(os.path.join(dirpath, n), sim.fsdir) for n in names}
-    assert {"main.py", "config.json", "secrets.json", "app.mpy", "config.mpy",
-            "decoders/zcl.mpy", "decoders/v2.mpy", "board/esp32.mpy",
-            "umqtt/simple.mpy"} <= on_board
-    assert not [f for f in on_board if f.endswith(".py") and f != "main.py"]
+    on_board = files_on(sim)
+    assert {"boot.py", "main.py", "loader.mpy", "app.json", "config.json", "secrets.json"} <= on_board
+    slot = json.load(open(os.path.join(sim.fsdir, "app.json")))["active"]
+    assert {slot + "/" + f for f in ("app.mpy", "config.mpy", "start.mpy", "decoders/zcl.mpy",
+                                     "decoders/v2.mpy", "board/esp32.mpy", "umqtt/simple.mpy",
+                                     "manifest.json")} <= on_board
+    assert not [f for f in on_board if f.endswith(".py") and f not in ("boot.py", "main.py")]
+    # The tool restarted the board: it boots the app from the slot (safe mode here: this config
+    # is for the ESP32, and the simulated board is the unix port) and keeps its REPL.
+    sim.board.wait_console(rb"boot: app \S+ from " + slot.encode())
+    sim.board.wait_console(rb"uart.device: required on the unix port")
     # The compiled modules really load on MicroPython and read the pushed config.
     out = subprocess.run([sys.executable, "-m", "mpremote", "connect", sim.path, "resume", "exec",
                           "import config; c, e = config.load_file('config.json', 'secrets.json');"
@@ -232,6 +264,13 @@ def test_no_port(monkeypatch, capsys):
     assert flash_tool.find_port(None) == "/dev/ttyUSB7"
 
 
+def files_on(sim):
+    out = set()
+    for dirpath, _, names in os.walk(sim.fsdir):
+        out |= {os.path.relpath(os.path.join(dirpath, n), sim.fsdir) for n in names}
+    return out
+
+
 def board_flash():
     f = stock_flash()
     img = micropython_image()
@@ -258,14 +297,22 @@ def test_config_refuses_an_invalid_config_and_pushes_a_valid_one(run, sims, fwdi
     assert not [f for f in os.listdir(sim.fsdir) if f.endswith(".mpy")]  # config only
 
 
-def test_deploy_replaces_stale_sources(run, sims):
+def test_deploy_over_an_old_flat_install_replaces_it(run, sims):
     sim = sims(flash=board_flash(), in_rom=False)
-    with open(os.path.join(sim.fsdir, "app.py"), "w") as f:
-        f.write("raise SystemExit('old source would shadow app.mpy')\n")
+    # What an older flash.py left: the app's modules at the top level, one a stale source.
+    old = {"app.py": "raise SystemExit('old source would shadow the new app')\n", "log.mpy": "x",
+           "board/__init__.mpy": "x", "umqtt/simple.mpy": "x"}
+    for name, text in old.items():
+        os.makedirs(os.path.join(sim.fsdir, os.path.dirname(name)), exist_ok=True)
+        with open(os.path.join(sim.fsdir, name), "w") as f:
+            f.write(text)
     r = run("deploy", sim)
     assert r.returncode == 0, r.out
-    names = os.listdir(sim.fsdir)
-    assert "app.mpy" in names and "app.py" not in names and "main.py" in names
+    assert not files_on(sim) & set(old)
+    assert not {"board", "umqtt"} & set(os.listdir(sim.fsdir))
+    sim.board.wait_console(rb"boot: app \S+ from app_a")
+    sim.board.wait_console(rb"SAFE MODE")  # the new app's start.py ran and read the config
+    assert b"old source would shadow" not in sim.board.console
 
 
 def test_deploy_without_micropython_says_so(run, sims, fwdir):
@@ -273,3 +320,177 @@ def test_deploy_without_micropython_says_so(run, sims, fwdir):
     r = run("deploy", sim, "--wait", "2")
     assert r.returncode == 1
     assert "MicroPython does not answer" in r.stderr and "Traceback" not in r.out
+
+
+# ---- a board running the app: deploy, config, a push cut off half way -------------------------
+def set_version(fw, version):
+    p = fw / "app.py"
+    p.write_text(re.sub(r'(?m)^VERSION = "[^"]*"', 'VERSION = "%s"' % version, p.read_text()))
+
+
+@pytest.fixture
+def running(run, sims, fwdir, mgm, broker):
+    """A board (the unix port behind the simulated ESP32) running the app `make deploy` put on it,
+    with a simulated MGM111 and a broker; the watchdog at 5 s (debug.time_scale)."""
+    meter = mgm(8)
+    write_config(fwdir, mqtt={"host": "127.0.0.1", "port": broker.port}, uart={"device": meter.path},
+                 meter={"poll_interval_s": 5, "startup_delay_s": 0}, debug={"time_scale": 50})
+    set_version(fwdir, "1.0-old")
+    sim = sims(flash=board_flash(), in_rom=False)
+    r = run("deploy", sim)
+    assert r.returncode == 0, r.out
+    sim.board.wait_console(rb"vue-utility 1.0-old on unix")
+    sim.board.wait_console(rb"MQTT connected")
+    return sim
+
+
+def active_slot(sim):
+    return json.load(open(os.path.join(sim.fsdir, "app.json")))["active"]
+
+
+def test_deploy_and_config_reach_a_running_app(run, running, fwdir, ha):
+    sim = running
+    assert active_slot(sim) == "app_a"
+    set_version(fwdir, "2.0-new")
+    mark = len(sim.board.console)
+    r = run("deploy", sim)
+    assert r.returncode == 0, r.out
+    assert "The device boots app_a (version 1.0-old); installing version 2.0-new in app_b" in r.stdout
+    sim.board.wait_console(rb"boot: app 2.0-new from app_b", start=mark)
+    sim.board.wait_console(rb"vue-utility 2.0-new on unix", start=mark)
+    sim.board.wait_console(rb"MQTT connected", start=mark)
+    assert active_slot(sim) == "app_b"
+    # The previous app stays whole beside it, for a fallback.
+    assert json.load(open(os.path.join(sim.fsdir, "app_a", "manifest.json")))["version"] == "1.0-old"
+
+    # A new configuration for the running app: validated, swapped in by a rename, read at restart.
+    write_config(fwdir, meter={"poll_interval_s": 45})
+    seen, resets = ha.mark(), len(sim.board.resets)
+    r = run("config", sim)
+    assert r.returncode == 0, r.out
+    assert "copied config.json" in r.stdout and "s3cret-wifi" not in r.out
+    ha.diag(lambda d: d["poll_interval_s"] == 45, after=seen, timeout=30)
+    assert not [f for f in os.listdir(sim.fsdir) if f.endswith(".tmp")]
+    # One restart, the tool's; never the watchdog, never a crash.
+    assert sim.board.resets[resets:] == ["hard reset (status 3)"]
+    assert b"watchdog:" not in sim.board.console and b"crashed" not in sim.board.console
+
+
+@pytest.mark.parametrize("cut_after", [1, 18])  # of 18 files + the manifest
+def test_a_deploy_cut_off_half_way_leaves_a_whole_app_booting(run, running, fwdir, cut_after):
+    sim = running
+    set_version(fwdir, "2.0-new")
+    target = os.path.join(sim.fsdir, "app_b")
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "flash.py"), "deploy", "--port", sim.path,
+           "--firmware-dir", str(fwdir)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # The user pulls the cable (flash.py and its mpremote end at once) after `cut_after` files.
+        while p.poll() is None and len(files_on_dir(target)) < cut_after:
+            time.sleep(0.002)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    copied = files_on_dir(target)
+    assert copied, "the cut came before any file was copied"
+    assert active_slot(sim) == "app_a", "the cut came after the switch"
+    # Left alone, the board is not reset by its watchdog (5 s here) however long it waits ...
+    resets = list(sim.board.resets)
+    time.sleep(6)
+    assert sim.board.resets == resets and b"watchdog" not in sim.board.console
+    # ... then the user presses RESET.
+    mark = len(sim.board.console)
+    sim.board.power_cycle()
+    sim.board.wait_console(rb"boot: app 1.0-old from app_a", start=mark)
+    sim.board.wait_console(rb"vue-utility 1.0-old on unix", start=mark)
+    sim.board.wait_console(rb"MQTT connected", start=mark)
+    assert b"cannot be used" not in sim.board.console[mark:], "%d files copied" % len(copied)
+    # And the next deploy completes.
+    mark = len(sim.board.console)
+    r = run("deploy", sim)
+    assert r.returncode == 0, r.out
+    sim.board.wait_console(rb"vue-utility 2.0-new on unix", start=mark)
+
+
+def test_a_damaged_slot_is_not_booted_the_other_one_is(run, running, fwdir):
+    sim = running
+    set_version(fwdir, "2.0-new")
+    assert run("deploy", sim).returncode == 0
+    sim.board.wait_console(rb"vue-utility 2.0-new on unix")
+    # Flash damage, or a copy by hand: a file of the active slot loses its tail.
+    app = os.path.join(sim.fsdir, "app_b", "app.mpy")
+    size = os.path.getsize(app)
+    with open(app, "r+b") as f:
+        f.truncate(size // 2)
+    mark = len(sim.board.console)
+    sim.board.power_cycle()
+    sim.board.wait_console(rb"app slot app_b cannot be used: app.mpy has %d bytes instead of %d"
+                           % (size // 2, size), start=mark)
+    sim.board.wait_console(rb"starting the app in app_a instead", start=mark)
+    sim.board.wait_console(rb"vue-utility 1.0-old on unix", start=mark)
+    sim.board.wait_console(rb"MQTT connected", start=mark)
+    # `make deploy` repairs it, writing over the damaged slot, not over the one that runs.
+    mark = len(sim.board.console)
+    r = run("deploy", sim)
+    assert r.returncode == 0, r.out
+    assert "The device boots app_a (version 1.0-old); installing version 2.0-new in app_b" in r.stdout
+    sim.board.wait_console(rb"vue-utility 2.0-new on unix", start=mark)
+
+
+def files_on_dir(path):
+    out = []
+    for dirpath, _, names in os.walk(path):
+        out += [os.path.join(dirpath, n) for n in names]
+    return out
+
+
+# ---- the loader's choice, case by case (firmware/loader.py under MicroPython) ------------------
+def make_slot(root, name, files, version):
+    listed = []
+    for path, data in files.items():
+        p = root / name / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        listed.append([path, len(data), hashlib.sha256(data).hexdigest()])
+    (root / name / "manifest.json").write_text(json.dumps({"version": version, "files": listed}))
+
+
+FILES = {"start.mpy": b"S" * 300, "board/unix.mpy": b"U" * 200, "app.mpy": b"A" * 1000}
+
+
+B = "app slot app_b cannot be used: "
+
+
+@pytest.mark.parametrize("damage, boots, says", [
+    (None, "app_b", None),
+    ("rm app_b/manifest.json", "app_a", B + "no manifest.json (the copy never finished)"),
+    ("rm app_b/board/unix.mpy", "app_a", B + "board/unix.mpy is missing"),
+    ("cut app_b/app.mpy", "app_a", B + "app.mpy has 500 bytes instead of 1000"),
+    ("garble app_b/manifest.json", "app_a", B + "its manifest.json cannot be read"),
+    ("garble app.json", "app_a", "app.json cannot be read: trying both app slots"),
+    ("rm app.json", "", None),  # no app.json: modules from sys.path as found (the unix runner)
+    ("rm app_b/manifest.json app_a/app.mpy", None, "app slot app_a cannot be used: app.mpy is missing"),
+])
+def test_the_loader_boots_only_a_whole_slot(tmp_path, damage, boots, says):
+    make_slot(tmp_path, "app_a", FILES, "1")
+    make_slot(tmp_path, "app_b", FILES, "2")
+    (tmp_path / "app.json").write_text('{"active": "app_b"}')
+    words = (damage or "").split()
+    for target in words[1:]:
+        p = tmp_path / target
+        {"rm": lambda: p.unlink(), "cut": lambda: p.write_bytes(p.read_bytes()[:500]),
+         "garble": lambda: p.write_text('{"files": [["app.mpy", 1000')}[words[0]]()
+    env = dict(os.environ, MICROPYPATH=os.path.join(ROOT, "firmware"))
+    r = subprocess.run([sim_env_micropython(), "-c", "import loader; s, n = loader.choose(); "
+                        "print(repr(s)); print('\\n'.join(n))"],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=30)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines, r.stdout + r.stderr
+    assert lines[0] == repr(boots), r.stdout
+    notes = [ln for ln in lines[1:] if ln]
+    assert (says in notes) if says else notes == [], r.stdout
+
+
+def sim_env_micropython():
+    import sim_env
+    return sim_env.micropython()

@@ -1,6 +1,8 @@
 """Property-based tests (hypothesis, CPython) of the frame parser and the decoders.
 
-The stream model follows the wire: good frames (any payload, `$` included), MGM log lines,
+The stream model follows the wire: good frames (any payload, `$` included), MGM log lines (of any
+length, `$` included, with frames printed in the middle of them; a verbose module's received-message
+lines come back as their exact ZCL bytes),
 binary garbage, duplicates, unsolicited `e` frames, frames with a wrong terminator (followed by
 anything), and truncated or lying-length frames, which on the wire are followed by silence
 (the link then calls idle()). Junk is built so that it cannot itself contain a well-formed frame
@@ -18,6 +20,8 @@ for _p in ("tools", "firmware"):
         sys.path.insert(0, os.path.join(ROOT, _p))
 
 import decoders  # noqa: E402
+from decoders import mgm_log  # noqa: E402
+from mgm_lines import rx_line  # noqa: E402
 from mgm_payloads import frame, v2_payload, zcl_payload  # noqa: E402
 from mgm_uart import FRAME_MAX, LINE_MAX, FrameParser  # noqa: E402
 
@@ -92,7 +96,8 @@ def check_bounded(p, buf, line):
 def test_every_valid_frame_exactly_once_in_order(stream, data):
     got = []
     logs = []
-    p = FrameParser(lambda c, pl: got.append((c, bytes(pl))), logs.append)
+    p = FrameParser(lambda c, pl: got.append((c, bytes(pl))),
+                    lambda b, s, e: logs.append(str(bytes(b[s:e]), "ascii")))
     buf, line = p.buf, p.line
     expected = []
     for kind, b in stream:
@@ -123,7 +128,7 @@ def test_every_valid_frame_exactly_once_in_order(stream, data):
 @SETTINGS
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=600), st.booleans()), max_size=20))
 def test_any_bytes_never_raise_and_memory_stays_bounded(chunks):
-    p = FrameParser(lambda c, pl: bytes(pl), lambda t: None)
+    p = FrameParser(lambda c, pl: bytes(pl), lambda b, s, e: None)
     buf, line = p.buf, p.line
     for b, quiet in chunks:
         p.feed(b)
@@ -205,3 +210,106 @@ def test_zcl_round_trip(seq, imp, exp, mult, div, dem):
 def test_v2_round_trip(energy, power, mult, neg, ms):
     r = decoders.decode(v2_payload(energy, power, mult, 1000, ms, neg))
     assert (r.net_wh, r.watts, r.multiplier, r.meter_ms) == (energy * mult, power * mult, mult, ms)
+
+
+TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.just("\t"), max_size=2 * LINE_MAX + 20)
+ENDS = st.sampled_from([b"\r\n", b"\n", b"\r"])
+
+
+def insert_frames(text, frames, draw):
+    """text with the frames printed at drawn positions inside it (in order, never inside each other)."""
+    cuts = sorted(draw(st.integers(0, len(text)), label="frame position") for _ in frames)
+    out, prev = b"", 0
+    for k, fr in zip(cuts, frames):
+        out += text[prev:k] + fr
+        prev = k
+    return out + text[prev:]
+
+
+def feed_chunked(p, data, draw):
+    i = 0
+    while i < len(data):
+        k = draw(st.integers(1, 300), label="chunk")
+        p.feed(data[i:i + k])
+        i += k
+
+
+@SETTINGS
+@given(st.lists(st.tuples(TEXT, ENDS, st.lists(good(), max_size=2)), max_size=12), st.data())
+def test_log_lines_of_any_length_with_frames_printed_inside_them(lines, data):
+    """Every log line comes out once, whole up to LINE_MAX (cut there, its tail dropped), however
+    many frames the module printed in the middle of it, and every frame comes out exactly once."""
+    got, logs = [], []
+    p = FrameParser(lambda c, pl: got.append((c, bytes(pl))),
+                    lambda b, s, e: logs.append(bytes(b[s:e]).decode("ascii")))
+    buf, line = p.buf, p.line
+    stream, want_frames, want_logs = b"", [], []
+    for text, end, frames in lines:
+        stream += insert_frames(text.encode() + end, [fr for _, fr in frames], data.draw)
+        want_frames += [(fr[2], fr[4:-1]) for _, fr in frames]
+        kept = text[:LINE_MAX].strip(" \t")
+        if kept:
+            want_logs.append(kept)
+    feed_chunked(p, stream, data.draw)
+    check_bounded(p, buf, line)
+    p.idle()
+    assert logs == want_logs
+    assert got == want_frames
+    assert p.garbage_bytes == 0 and p.frames == len(want_frames)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(min_size=3, max_size=64),
+                          st.lists(good(), max_size=2), st.none() | st.floats(0, 1)),
+                min_size=1, max_size=8), st.data())
+def test_received_message_lines_give_their_exact_zcl_bytes_or_nothing(lines, data):
+    """A verbose module's received-message lines, with frames inside them and some cut short, read
+    back through the parser and the decoder: a whole line gives exactly its ZCL bytes, a cut one
+    gives none (never half of them)."""
+    rx = mgm_log.RxLine(96)
+    got, frames_got, errors = [], [], []
+
+    def on_log(b, s, e):
+        try:
+            n = mgm_log.parse(b, s, e, rx)
+        except decoders.DecodeError as err:
+            errors.append(str(err))
+            return
+        if n >= 0:
+            got.append((rx.cluster, bytes(rx.zcl[:n])))
+
+    p = FrameParser(lambda c, pl: frames_got.append(bytes(pl)), on_log)
+    stream, want, nframes = b"", [], 0
+    for cluster, z, frames, cut in lines:
+        text = rx_line(cluster, z, ts=cluster * 7919).encode()
+        whole = len(text)
+        if cut is not None:
+            text = text[:int(whole * cut)]  # the module lost the rest of the line (or none)
+        if len(text) == whole <= LINE_MAX:
+            want.append((cluster, z))
+        stream += insert_frames(text + b"\r\n", [fr for _, fr in frames], data.draw)
+        stream += b"-- Got Meter Rsp, len=%d\r\n" % len(z)
+        nframes += len(frames)
+    feed_chunked(p, stream, data.draw)
+    p.idle()
+    assert got == want
+    assert len(frames_got) == nframes
+    assert all("cut" in e or "garbled" in e or "says len" in e for e in errors), errors
+
+
+PROTOCOL_MD_ALLOWED = {b"$r\r", b"$j\r", b"$m\r", b"$i\r", b"$f\r", b"\r", b"loglevel 10\r", b"loglevel 20\r"}
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=20),
+                 st.sampled_from(sorted(PROTOCOL_MD_ALLOWED)).flatmap(
+                     lambda ok: st.tuples(st.just(ok), st.binary(max_size=3), st.booleans()).map(
+                         lambda t: t[1] + t[0] if t[2] else t[0] + t[1])),
+                 st.sampled_from([b"leave\r", b"reset\r", b"printKeys\r", b"$d\r", b"keys print\r"])))
+def test_only_what_protocol_md_allows_may_be_written(data):
+    """The check behind Link.write, the firmware's one way to the module: exactly the five requests,
+    a lone CR and loglevel 10/20 pass; anything else (leave, reset, printKeys, $d, a valid command
+    with anything around it) does not."""
+    import mgm_uart
+    assert mgm_uart.allowed(data) == (data in PROTOCOL_MD_ALLOWED)
+    assert mgm_uart.allowed(bytearray(data)) == (data in PROTOCOL_MD_ALLOWED)

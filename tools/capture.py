@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Record raw MGM reading payloads into a capture file (docs/capture.md) for tools/find_fields.py.
+"""Record raw MGM reading payloads into a capture file (README, "Reverse engineering") for
+tools/find_fields.py, with the module's received-message log lines when it prints them (MGM log
+mode, `loglevel 20`).
 
     capture.py --mqtt HOST[:PORT] [--topic T] [--user U --password P]   the firmware's debug topic
     capture.py --serial PORT [--baud 115200]                             sniff the MGM's TX line
     capture.py --log FILE                                                convert a terminal log
 
-Writes JSON lines to -o FILE (appending) or stdout. --count N / --duration S stop a recording;
-Ctrl-C stops it cleanly. The firmware publishes raw payloads only when debug.raw_frames is on.
+Writes JSON lines to -o FILE (appending) or stdout. --count N (readings) / --duration S stop a
+recording; Ctrl-C stops it cleanly. The firmware publishes raw payloads only when debug.raw_frames
+is on (undecodable ones always), and received-message lines only in MGM log mode. Lines of the Key
+Establishment cluster (key material) are never recorded.
 Exit status: 0 ok, 1 connection failure, 2 usage or unreadable input.
 """
 import argparse
@@ -20,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import capture_format as cf  # noqa: E402
 
-DEFAULT_TOPIC = "vue_utility/+/debug/raw"
+DEFAULT_TOPIC = "vue_utility/+/debug/+"  # raw: r payloads, rx: the MGM's received-message lines
 
 
 class Sink:
@@ -30,6 +34,7 @@ class Sink:
         self.stream = sys.stdout if path in (None, "-") else open(path, "a")
         self.count = count
         self.n = 0
+        self.rx = 0  # received-message records (not counted by --count)
         self.done = threading.Event()
         self.lock = threading.Lock()
 
@@ -38,6 +43,9 @@ class Sink:
             if self.done.is_set():
                 return
             cf.dump(rec, self.stream)
+            if rec.get("cmd", "r") != "r":
+                self.rx += 1
+                return
             self.n += 1
             if self.count and self.n >= self.count:
                 self.done.set()
@@ -60,7 +68,16 @@ def mqtt_record(msg_payload, topic, now):
         bytes.fromhex(hexs)
     except (ValueError, KeyError, TypeError):
         return None, "not the firmware's raw-frame JSON"
-    if d.get("cmd", "r") != "r":
+    cmd = d.get("cmd", "r")
+    cluster = None
+    if cmd == cf.RX:
+        try:
+            cluster = int(str(d["cluster"]), 16)
+        except (KeyError, ValueError):
+            return None, 'a received-message record without its "cluster"'
+        if cluster == cf.mgm_log.KEY_ESTABLISHMENT:
+            return None, "key material (Key Establishment cluster) is not recorded"
+    elif cmd != "r":
         return None, "not a reading"
     t = d.get("time")
     if t:
@@ -72,6 +89,8 @@ def mqtt_record(msg_payload, topic, now):
     if not t:  # the device's clock is not set: the host's receive time is the best we have
         t = cf.format_time(now)
         extra["t_src"] = "host"
+    if cluster is not None:
+        return cf.rx_record(t, cluster, bytes.fromhex(hexs), d.get("mgm_version"), "mqtt", **extra), None
     return cf.record(t, bytes.fromhex(hexs), d.get("mgm_version"), "mqtt", **extra), None
 
 
@@ -134,6 +153,7 @@ def wait(sink, duration):
 
 def run_serial(args, sink):
     import serial
+    from decoders import DecodeError, mgm_log
     from mgm_uart import CMD_READING, CMD_VERSION, FrameParser
     try:
         port = serial.Serial(args.serial, args.baud, timeout=0.2)
@@ -148,12 +168,25 @@ def run_serial(args, sink):
         elif cmd == CMD_READING:  # only readings: the install code ('i') is a secret
             sink.write(cf.record(cf.utc_now(), payload, state["version"], "serial"))
 
-    parser = FrameParser(on_frame)
+    rx = mgm_log.RxLine(255)
+
+    def on_log(buf, start, end):
+        # The module's received-message lines (MGM log mode); its other text is not recorded.
+        try:
+            n = mgm_log.parse(buf, start, end, rx)
+        except DecodeError:
+            return  # cut short or garbled: no half lines in a capture
+        if n >= 0 and rx.cluster != mgm_log.KEY_ESTABLISHMENT:
+            sink.write(cf.rx_record(cf.utc_now(), rx.cluster, rx.zcl[:n], state["version"], "serial"))
+
+    parser = FrameParser(on_frame, on_log)
     say("listening on %s at %d baud" % (args.serial, args.baud))
     end = time.time() + args.duration if args.duration else None
     try:
         while not sink.done.is_set() and (end is None or time.time() < end):
-            data = port.read(512)
+            # What is there now, not 512 bytes: each answer and log line gets its own time (find_fields
+            # pairs frames with log lines by time).
+            data = port.read(min(4096, max(1, port.in_waiting)))
             if data:
                 parser.feed(data)
             else:
@@ -175,14 +208,18 @@ def run_log(args, sink):
     except OSError as e:
         say("cannot read %s: %s" % (args.log, e.strerror or e))
         return 2
-    frames = cf.parse_log(text, args.mgm_version)
-    if not frames:
+    frames, rx = cf.parse_log_all(text, args.mgm_version)
+    if not frames and not rx:
         say("%s holds no timestamped reading frame (24 01 72 <len> ... 0D)\n  expected: %s"
             % (args.log, cf.LOG_SAMPLE))
         return 2
-    for t, payload, version in frames:
-        sink.write(cf.record(t, payload, version, "log"))
-    say("%d reading frames from %s" % (len(frames), args.log))
+    recs = [(t, 0, cf.record(t, payload, version, "log")) for t, payload, version in frames]
+    recs += [(t, 1, cf.rx_record(t, cluster, zcl, version if version is not None else args.mgm_version,
+                                 "log")) for t, cluster, zcl, version in rx]
+    recs.sort(key=lambda r: (r[0], r[1]))
+    for _, _, rec in recs:
+        sink.write(rec)
+    say("%d reading frames and %d received-message lines from %s" % (len(frames), len(rx), args.log))
     return 0
 
 
@@ -190,7 +227,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--mqtt", metavar="HOST[:PORT]", help="record the firmware's debug/raw topic")
+    src.add_argument("--mqtt", metavar="HOST[:PORT]", help="record the firmware's debug topics (raw, rx)")
     src.add_argument("--serial", metavar="PORT", help="sniff a serial line (the MGM's TX)")
     src.add_argument("--log", metavar="FILE", help="convert a terminal program's timestamped log")
     ap.add_argument("--topic", default=DEFAULT_TOPIC, help="default: %(default)s")

@@ -1,6 +1,10 @@
-"""The capture file (docs/capture.md): JSON lines, one raw reading payload per line.
+"""The capture file (README, "Reverse engineering"): JSON lines, one raw reading payload per line.
 
     {"t": "2023-12-08T08:55:46.120Z", "hex": "000000000001e240...", "mgm_version": 2, "src": "mqtt"}
+
+and, in MGM log mode, one record per received-message line of the module's log (its ZCL bytes):
+
+    {"t": "2023-12-08T08:55:46.100Z", "cmd": "rx", "cluster": "0702", "hex": "18b70100...", ...}
 
 Written by tools/capture.py, read by tools/find_fields.py. Also parses the timestamped logs of
 terminal programs (protocol.md "Captures"), so find_fields.py can take such a log directly.
@@ -15,7 +19,10 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "firmware"))
 
+from decoders import DecodeError, mgm_log  # noqa: E402
 from mgm_uart import CMD_READING, CMD_VERSION, FrameParser  # noqa: E402
+
+RX = "rx"  # the "cmd" of a received-message record
 
 SAMPLE = ('{"t": "2023-12-08T08:55:46Z", "hex": "0000000000012d6a...00", "mgm_version": 2, '
           '"src": "mqtt"}')
@@ -67,6 +74,27 @@ def dump(rec, stream):
     stream.flush()
 
 
+def rx_record(t, cluster, zcl, mgm_version=None, src=None, **extra):
+    """A received-message line of the module's log: its cluster and ZCL bytes."""
+    rec = {"t": format_time(t) if isinstance(t, datetime.datetime) else t, "cmd": RX,
+           "cluster": "%04x" % cluster, "hex": binascii.hexlify(bytes(zcl)).decode(),
+           "mgm_version": mgm_version}
+    if src:
+        rec["src"] = src
+    rec.update(extra)
+    return rec
+
+
+class RxLine:
+    __slots__ = ("time", "cluster", "zcl", "mgm_version")
+
+    def __init__(self, time, cluster, zcl, mgm_version):
+        self.time = time  # naive datetime
+        self.cluster = cluster
+        self.zcl = zcl
+        self.mgm_version = mgm_version
+
+
 class Frame:
     __slots__ = ("time", "payload", "mgm_version")
 
@@ -83,7 +111,8 @@ def _bad(path, lineno, why, line):
                         % (path, lineno, why, shown, SAMPLE, LOG_SAMPLE))
 
 
-def read_jsonl(path, text):
+def read_jsonl(path, text, want=None):
+    """The reading frames of a capture file; with want=RX its received-message records instead."""
     frames = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -95,7 +124,7 @@ def read_jsonl(path, text):
             raise _bad(path, lineno, "not JSON", line)
         if not isinstance(rec, dict) or "t" not in rec or "hex" not in rec:
             raise _bad(path, lineno, 'needs the keys "t" and "hex"', line)
-        if rec.get("cmd", "r") != "r":
+        if rec.get("cmd", "r") != (want or "r"):
             continue
         try:
             t = parse_time(str(rec["t"]))
@@ -105,6 +134,13 @@ def read_jsonl(path, text):
             payload = binascii.unhexlify(str(rec["hex"]).replace(" ", ""))
         except (binascii.Error, ValueError):
             raise _bad(path, lineno, '"hex" is not hex', line)
+        if want == RX:
+            try:
+                cluster = int(str(rec.get("cluster")), 16)
+            except ValueError:
+                raise _bad(path, lineno, 'an "rx" record needs "cluster" (4 hex digits, e.g. "0702")', line)
+            frames.append(RxLine(t, cluster, payload, rec.get("mgm_version")))
+            continue
         frames.append(Frame(t, payload, rec.get("mgm_version")))
     return frames
 
@@ -115,6 +151,11 @@ _ENTRY = re.compile(r'"?\[?(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?)\]?"?[
                     r'((?:[0-9A-Fa-f]{2}[ ]?)+)')
 
 
+# A received-message line logged as text, after a timestamp.
+_RX_TEXT = re.compile(r'"?\[?(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?)\]?"?[ \t]*[,;]?[ \t]*'
+                      r'(\S*RX len [^\r\n]*)')
+
+
 def parse_log(text, mgm_version=None):
     """A terminal program's timestamped log -> [(naive datetime, payload bytes, mgm_version)].
 
@@ -122,8 +163,18 @@ def parse_log(text, mgm_version=None):
     of the entry that completes it. A version ('f') response seen in the log sets mgm_version for
     the readings after it.
     """
+    return parse_log_all(text, mgm_version)[0]
+
+
+def parse_log_all(text, mgm_version=None):
+    """-> (reading frames as parse_log gives them, [(time, cluster, ZCL bytes, mgm_version)] of the
+    module's received-message lines). Those lines are found in the hex byte stream (a sniffer logs
+    the module's text as bytes) and as text after a timestamp. Key Establishment lines (key
+    material) are left out."""
     out = []
+    rx = []
     state = {"t": None, "version": mgm_version}
+    line = mgm_log.RxLine(255)
 
     def on_frame(cmd, payload):
         if cmd == CMD_VERSION and len(payload) == 1:
@@ -131,7 +182,23 @@ def parse_log(text, mgm_version=None):
         elif cmd == CMD_READING:
             out.append((state["t"], bytes(payload), state["version"]))
 
-    parser = FrameParser(on_frame)
+    def on_log(buf, start, end):
+        try:
+            n = mgm_log.parse(buf, start, end, line)
+        except DecodeError:
+            return
+        if n >= 0 and line.cluster != mgm_log.KEY_ESTABLISHMENT:
+            rx.append((state["t"], line.cluster, bytes(line.zcl[:n]), state["version"]))
+
+    for m in _RX_TEXT.finditer(text):
+        t = datetime.datetime.fromisoformat(m.group(1).replace(",", ".").replace(" ", "T"))
+        try:
+            got = mgm_log.parse_text(m.group(2))
+        except DecodeError:
+            continue
+        if got is not None and got[0] != mgm_log.KEY_ESTABLISHMENT:
+            rx.append((t, got[0], got[1], mgm_version))
+    parser = FrameParser(on_frame, on_log)
     for m in _ENTRY.finditer(text):
         # No parser.idle() when the time changes: a frame can straddle a second boundary; a
         # truncated one is dropped by the parser's resync anyway.
@@ -139,7 +206,8 @@ def parse_log(text, mgm_version=None):
         state["t"] = datetime.datetime.fromisoformat(stamp.replace(" ", "T"))
         parser.feed(binascii.unhexlify(m.group(2).replace(" ", "")))
     parser.idle()
-    return out
+    rx.sort(key=lambda r: r[0])
+    return out, rx
 
 
 def read_capture(path):
@@ -169,3 +237,22 @@ def read_capture(path):
         raise CaptureError("%s holds no reading records\n  expected: one JSON object per line, "
                            "e.g.\n            %s" % (path, SAMPLE))
     return frames
+
+
+def read_rx(path):
+    """The module's received-message lines in a capture file or terminal log, as [RxLine] in time
+    order ([] when it holds none)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise CaptureError("cannot read %s: %s" % (path, e.strerror or e))
+    except UnicodeDecodeError:
+        raise CaptureError("%s is not text (binary?)" % path)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), "")
+    if first.startswith("{"):
+        lines = read_jsonl(path, text, RX)
+    else:
+        lines = [RxLine(t, c, z, v) for t, c, z, v in parse_log_all(text)[1]]
+    lines.sort(key=lambda r: r.time)
+    return lines

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Find where an undocumented MGM payload keeps power and energy, using the vendor app's CSV.
+"""Find where an undocumented MGM payload keeps power and energy, using the vendor app's CSV or
+the module's own log lines as ground truth.
 
     find_fields.py CAPTURE CSV [CSV ...] [--column power|energy|returned ...] [--top N]
                    [--max-offset-s 120] [--json]
+    find_fields.py CAPTURE --truth log [--max-pair-s S] [--top N] [--json]
 
 CAPTURE: a capture file from tools/capture.py (or a terminal program's timestamped log).
 CSV: the vendor's export, rows `MM/DD/YYYY HH:MM:SS,<value>[,<value>...]` in kW or kWh (units from
@@ -15,6 +17,11 @@ unsigned / two's complement / one's complement / sign-magnitude / the v2 sign ru
 plausible scale. Power is compared value by value; energy (cumulative counters) by the rate at
 which the field grows against the CSV's energy over the same time spans. Also reports constant
 bytes, counter-like fields, and changing bytes that nothing explains.
+
+--truth log (no CSV): the capture's own received-message records (MGM log mode: "cmd": "rx",
+cluster 0702) are decoded with the firmware's ZCL decoder, and each reading frame is paired with the
+nearest one in time (within --max-pair-s, default half the polling interval, at most 10 s): their
+power, energy consumed and energy returned are the truth, sample by sample, with no clock offset.
 Exit status: 0 ok, 2 usage or unreadable input.
 """
 import argparse
@@ -30,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import capture_format as cf  # noqa: E402
+import decoders  # noqa: E402 (the firmware's, on the path capture_format set)
 
 EPOCH = datetime.datetime(1970, 1, 1)
 KINDS = ("power", "energy", "returned")
@@ -378,15 +386,22 @@ def search_column(target, kind, t, cands, X, offsets, top):
     y = y[ok]
     if ok.sum() < 5:
         return {"offset_s": offset, "samples": int(ok.sum()), "candidates": []}
+    out = _rank(fit[:, j], Xs[ok], y, X, cands, power, top)
+    return {"offset_s": offset, "samples": int(ok.sum()), "candidates": out,
+            "offset_fit": round(float(best_per_off[j]), 4)}
+
+
+def _rank(r, Xs, y, X, cands, power, top):
+    """Candidates by score (r, and how well the best scale reproduces y); Xs: each candidate's
+    values at y's samples."""
     spread = float(np.mean(np.abs(y - y.mean()))) or 1.0
-    r = fit[:, j]
     order = np.argsort(-r)[:max(300, top)]
     scales = np.array(SCALES + ([-s for s in SCALES] if power else []))
     results = []
     for ci in order:
         if r[ci] <= 0:
             break
-        x = Xs[ok, ci]
+        x = Xs[:, ci]
         errs = np.abs(np.outer(scales, x) - y).mean(axis=1)
         si = int(np.argmin(errs))
         err = float(errs[si])
@@ -403,8 +418,7 @@ def search_column(target, kind, t, cands, X, offsets, top):
                   "mean_abs_err": round(err, 3), "rel_err": round(err / spread, 4),
                   "aliases": [a.name() for a in c.aliases[:6]], "ties": ties.get(id(c), [])})
         out.append(d)
-    return {"offset_s": offset, "samples": int(ok.sum()), "candidates": out,
-            "offset_fit": round(float(best_per_off[j]), 4)}
+    return out
 
 
 _CONST_BYTES = {}
@@ -582,6 +596,10 @@ def analyse(capture, csvs, kinds=None, top=5, max_offset=120):
         if res["candidates"] and res["candidates"][0]["score"] >= 0.5:
             b = res["candidates"][0]
             explained |= set(range(b["offset"], b["offset"] + b["width"]))
+    return _bytes_report(report, B, t, L, const, explained)
+
+
+def _bytes_report(report, B, t, L, const, explained):
     # Runs of zeros apart from the non-zero constants, which are the interesting ones.
     report["constant_bytes"] = [{"from": a, "to": b, "hex": bytes(const[i] for i in range(a, b + 1)).hex()}
                                 for zero in (True, False)
@@ -593,6 +611,84 @@ def analyse(capture, csvs, kinds=None, top=5, max_offset=120):
     changing = [i for i in range(L) if i not in const and i not in explained]
     report["unexplained_bytes"] = [[a, b] for a, b in _ranges(changing)]
     return report
+
+
+# ---------------------------------------------------------------- the module's log as the truth
+SIMPLE_METERING = 0x0702
+TRUTH = (("power", "watts"), ("energy", "import_wh"), ("returned", "export_wh"))
+
+
+def log_truth(capture):
+    """The capture's Simple Metering received-message lines, decoded by the firmware's ZCL decoder
+    -> ([(seconds, Reading)], lines in all, unreadable ones)."""
+    lines = cf.read_rx(capture)
+    out, bad = [], 0
+    for ln in lines:
+        z = bytearray(ln.zcl)
+        if ln.cluster != SIMPLE_METERING or len(z) < 3 or z[0] & 0x0F != 0x08 or z[2] != 0x01:
+            continue  # not a Read Attributes Response from the meter
+        z[0] = 0x18  # FC bit 4 (default response) does not change the records
+        try:
+            out.append((secs(ln.time), decoders.decode(bytes(z))))
+        except decoders.DecodeError:
+            bad += 1
+    return out, len(lines), bad
+
+
+def analyse_log(capture, top=5, max_pair_s=None):
+    """find_fields with the module's own log lines (in the same capture) as the ground truth."""
+    frames, lengths, L = load_frames(capture)
+    t = np.array([secs(f.time) for f in frames])
+    B = np.array([bytearray(f.payload) for f in frames], dtype=np.uint8)
+    truth, nlines, bad = log_truth(capture)
+    if len(truth) < 5:
+        raise InputError(
+            "%s: %d decodable Simple Metering received-message lines (%d received-message records in "
+            "all, %d unreadable); at least 5 are needed as ground truth.\n  Record with MGM log mode "
+            "on (the module's `loglevel 20`), so the capture holds records like\n            %s\n"
+            "  or give the vendor's CSV export instead of --truth log"
+            % (capture, len(truth), nlines, bad, RX_SAMPLE))
+    tt = np.array([x[0] for x in truth])
+    if max_pair_s is None:
+        gap = float(np.median(np.diff(t))) if len(t) > 1 else 2.0
+        max_pair_s = min(10.0, gap / 2)
+    j = np.clip(np.searchsorted(tt, t), 1, len(tt) - 1) if len(tt) > 1 else np.zeros(len(t), int)
+    if len(tt) > 1:
+        j = np.where(np.abs(tt[j - 1] - t) <= np.abs(tt[j] - t), j - 1, j)
+    paired = np.abs(tt[j] - t) <= max_pair_s
+    const = constant_bytes(B)
+    _CONST_BYTES.clear()
+    _CONST_BYTES.update(const)
+    cands, X = candidates(B)
+    report = {"capture": capture, "frames": len(frames), "payload_length": L,
+              "other_lengths": {str(k): v for k, v in lengths.items() if k != L},
+              "versions": sorted({f.mgm_version for f in frames if f.mgm_version is not None}),
+              "truth": "log", "log_readings": len(truth), "log_unreadable": bad,
+              "paired": int(paired.sum()), "max_pair_s": max_pair_s,
+              "csv_header": [], "timezone_shift_s": 0.0, "columns": []}
+    explained = set()
+    res_s = float(np.median(np.diff(tt))) if len(tt) > 1 else 0.0
+    for kind, attr in TRUTH:
+        y = np.array([float(getattr(truth[k][1], attr)) if p and getattr(truth[k][1], attr) is not None
+                      else np.nan for k, p in zip(j, paired)])
+        ok = np.isfinite(y)
+        col = {"kind": kind, "truth": "log", "csv": "the MGM111's log lines (cluster 0x0702)",
+               "csv_column": 0, "csv_resolution_s": res_s, "unit": "W" if kind == "power" else "Wh",
+               "csv_cumulative": kind != "power", "offset_s": 0.0, "samples": int(ok.sum()),
+               "candidates": []}
+        if ok.sum() >= 5 and float(np.ptp(y[ok])) > 0:
+            r = corr_columns(X[ok], y[ok])
+            col["candidates"] = _rank(np.abs(r) if kind == "power" else r, X[ok], y[ok], X, cands,
+                                      kind == "power", top)
+        report["columns"].append(col)
+        if col["candidates"] and col["candidates"][0]["score"] >= 0.5:
+            b = col["candidates"][0]
+            explained |= set(range(b["offset"], b["offset"] + b["width"]))
+    return _bytes_report(report, B, t, L, const, explained)
+
+
+RX_SAMPLE = ('{"t": "2023-12-08T08:55:46Z", "cmd": "rx", "cluster": "0702", "hex": "18b70100000025...", '
+             '"mgm_version": 6}')
 
 
 def _span(a, b):
@@ -610,14 +706,22 @@ def print_report(rep, out=sys.stdout):
     w("\n")
     if rep["timezone_shift_s"]:
         w("clocks differ by a time zone: CSV = capture %+.2f h\n" % (rep["timezone_shift_s"] / 3600))
+    if rep.get("truth") == "log":
+        w("ground truth: %d readings decoded from the MGM111's log lines (%d unreadable); %d frames "
+          "paired with one within %gs\n" % (rep["log_readings"], rep["log_unreadable"], rep["paired"],
+                                            rep["max_pair_s"]))
     for col in rep["columns"]:
-        w("\n== %s (%s column %d, %s%s, every %gs): best clock offset CSV = capture %+gs "
-          "(over %d samples)\n" % (col["kind"], col["csv"], col["csv_column"], col["unit"],
-                                   ", cumulative" if col.get("csv_cumulative") else "",
-                                   col["csv_resolution_s"], col["offset_s"], col["samples"]))
+        if col.get("truth") == "log":
+            w("\n== %s (%s, from the MGM111's log lines, over %d samples)\n"
+              % (col["kind"], col["unit"], col["samples"]))
+        else:
+            w("\n== %s (%s column %d, %s%s, every %gs): best clock offset CSV = capture %+gs "
+              "(over %d samples)\n" % (col["kind"], col["csv"], col["csv_column"], col["unit"],
+                                       ", cumulative" if col.get("csv_cumulative") else "",
+                                       col["csv_resolution_s"], col["offset_s"], col["samples"]))
         if not col["candidates"]:
             w("   nothing matches\n")
-        unit = col["unit"] + ("" if col["kind"] == "power" else "/s")
+        unit = col["unit"] + ("" if col["kind"] == "power" or col.get("truth") == "log" else "/s")
         for i, c in enumerate(col["candidates"], 1):
             w("%3d. %-40s x %-7g r=%.4f  mean |err| %.3g %s (%.1f%%)  score %.3f\n"
               % (i, c["name"], c["scale"], c["r"], c["mean_abs_err"], unit, 100 * c["rel_err"],
@@ -640,15 +744,30 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("capture")
-    ap.add_argument("csv", nargs="+")
+    ap.add_argument("csv", nargs="*", help="the vendor's CSV export(s) (not with --truth log)")
+    ap.add_argument("--truth", choices=("csv", "log"), help="log: the capture's own received-message "
+                    "lines (MGM log mode) are the ground truth; no CSV needed")
+    ap.add_argument("--max-pair-s", type=float, help="--truth log: a frame and a log reading further "
+                    "apart are not paired (default: half the polling interval, at most 10)")
     ap.add_argument("--column", nargs="+", choices=KINDS,
                     help="what the CSV value columns hold, in order")
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--max-offset-s", type=int, default=120)
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
+    truth = args.truth or ("csv" if args.csv else None)
+    if truth is None:
+        ap.error("give the vendor's CSV export(s), or --truth log to use the module's own log lines "
+                 "recorded in the capture (MGM log mode)")
+    if truth == "log" and args.csv:
+        ap.error("--truth log takes the ground truth from the capture: no CSV")
+    if truth == "csv" and not args.csv:
+        ap.error("--truth csv needs the vendor's CSV export(s)")
     try:
-        rep = analyse(args.capture, args.csv, args.column, args.top, args.max_offset_s)
+        if truth == "log":
+            rep = analyse_log(args.capture, args.top, args.max_pair_s)
+        else:
+            rep = analyse(args.capture, args.csv, args.column, args.top, args.max_offset_s)
     except (InputError, cf.CaptureError) as e:
         sys.stderr.write("find_fields: %s\n" % e)
         return 2

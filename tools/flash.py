@@ -5,7 +5,10 @@
 
 Drives the real esptool and mpremote (as subprocesses). Nothing is written to the device before a
 verified backup of its whole 4 MB flash exists under backups/ for this very chip (by MAC).
-Every failure ends with one line saying what went wrong and what to do; the device is left as it was.
+deploy and config work on a device running the app (they stop it, then restart the board); the
+app goes to the slot not in use and is switched to only once whole (see "the app" below).
+Every failure ends with one line saying what went wrong and what to do; the device is left as it
+was (after a failed deploy, it still boots its previous app).
 """
 import argparse
 import datetime
@@ -22,6 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLASH_SIZE = 0x400000
+BACKUP_MARGIN = 0x100000  # the .sha256, the filesystem's own needs, whatever else runs meanwhile
 IMAGE_OFFSET = 0x1000  # ESP32 MicroPython images start with the 2nd-stage bootloader at 0x1000
 IMAGE_URL = "https://micropython.org/download/ESP32_GENERIC/"
 BOOTLOADER_HINT = ("put the ESP32 in bootloader mode: hold GPIO0 low (the BOOT/IO0 pad of the "
@@ -132,6 +136,16 @@ def existing_backup(backup_dir, mac):
     return good
 
 
+def check_disk_space(backup_dir):
+    """Before a 6-minute read: room for the whole 4 MB copy, with a margin."""
+    need = FLASH_SIZE + BACKUP_MARGIN
+    free = shutil.disk_usage(backup_dir).free
+    if free < need:
+        raise Fail("the disk holding %s has %.1f MB free; the backup of the 4 MB flash needs %.0f MB "
+                   "(with a margin): free some space, or choose another folder with --backup-dir, then "
+                   "run again; nothing was read or written" % (backup_dir, free / 1e6, need / 1e6))
+
+
 def take_backup(tool, backup_dir, mac):
     """Read the whole flash, have the chip re-read it and compare (MD5 on the chip), keep it."""
     backup = existing_backup(backup_dir, mac)
@@ -139,6 +153,7 @@ def take_backup(tool, backup_dir, mac):
         print("Reusing the verified backup of this chip: %s" % backup)
         return backup
     os.makedirs(backup_dir, exist_ok=True)
+    check_disk_space(backup_dir)
     base = os.path.join(backup_dir, "%s-%s" % (mac.replace(":", ""),
                                                datetime.date.today().strftime("%Y%m%d")))
     path, n = base + ".bin", 2
@@ -169,6 +184,20 @@ def take_backup(tool, backup_dir, mac):
 
 
 # ---- the app -----------------------------------------------------------------------------------
+# Layout on the device (firmware/loader.py reads it): boot.py, main.py and loader.mpy at the top
+# (stable; replaced through a temporary name and a rename, only when they changed), the app in
+# slot app_a/ or app_b/ with its manifest.json (every file, size, sha256) written last, and
+# app.json naming the active slot. A deploy writes the slot that is not booting, checks every
+# file's sha256 on the device, then switches app.json with one rename: cut off at any point, the
+# device still boots a whole app. config.json / secrets.json go through a temporary name too.
+SLOTS = ("app_a", "app_b")
+ROOT_FILES = ("boot.py", "main.py", "loader.mpy")
+DATA_FILES = ("secrets.json", "config.json")  # in this order: a config never waits for its secrets
+MANIFEST = "manifest.json"
+POINTER = "app.json"
+FS_BLOCK = 4096  # LittleFS: a file takes whole blocks, and one more for its metadata
+
+
 def load_config(fw_dir):
     sys.path.insert(0, fw_dir)
     try:
@@ -191,30 +220,40 @@ def mpy_cross(src, dst):
         raise Fail("mpy-cross could not compile %s: %s" % (src, r.stdout.strip().splitlines()[-1:]))
 
 
+def app_version(fw_dir):
+    with open(os.path.join(fw_dir, "app.py")) as f:
+        m = re.search(r'^VERSION = "([^"]*)"', f.read(), re.M)
+    return m.group(1) if m else "unknown"
+
+
 def stage_app(fw_dir, lib_dir, out):
-    """Build the files to put on the device under out/ -> list of relative paths."""
+    """Build what goes on the device: out/root/ (boot.py and main.py as source, loader.mpy) and
+    out/slot/ (the app as .mpy, umqtt, manifest.json). -> the slot's files, manifest last."""
     umqtt = os.path.join(lib_dir, "umqtt", "simple.py")
     if not os.path.exists(umqtt):
         raise Fail("%s is missing: run `make deps` first" % os.path.relpath(umqtt))
+    root, slot = os.path.join(out, "root"), os.path.join(out, "slot")
+    os.makedirs(root, exist_ok=True)
     files = []
     for dirpath, dirnames, filenames in os.walk(fw_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
         for name in sorted(filenames):
             src = os.path.join(dirpath, name)
             rel = os.path.relpath(src, fw_dir)
-            if rel == "main.py":
-                shutil.copy(src, os.path.join(out, rel))  # stays source: easy to read on the device
-                files.append(rel)
+            if rel in ("boot.py", "main.py"):  # stay source: easy to read on the device
+                shutil.copy(src, os.path.join(root, rel))
+            elif rel == "loader.py":
+                mpy_cross(src, os.path.join(root, "loader.mpy"))
             elif name.endswith(".py"):
-                mpy_cross(src, os.path.join(out, rel[:-3] + ".mpy"))
+                mpy_cross(src, os.path.join(slot, rel[:-3] + ".mpy"))
                 files.append(rel[:-3] + ".mpy")
-    mpy_cross(umqtt, os.path.join(out, "umqtt", "simple.mpy"))
+    mpy_cross(umqtt, os.path.join(slot, "umqtt", "simple.mpy"))
     files.append("umqtt/simple.mpy")
-    for name in ("config.json", "secrets.json"):
-        if os.path.exists(os.path.join(fw_dir, name)):
-            shutil.copy(os.path.join(fw_dir, name), os.path.join(out, name))
-            files.append(name)
-    return files
+    listed = [[f, os.path.getsize(os.path.join(slot, f)), sha256_file(os.path.join(slot, f))]
+              for f in files]
+    with open(os.path.join(slot, MANIFEST), "w") as f:
+        json.dump({"version": app_version(fw_dir), "files": listed}, f, separators=(",", ":"))
+    return files + [MANIFEST]
 
 
 def mpremote(port, args, capture=False, timeout=None):
@@ -224,7 +263,9 @@ def mpremote(port, args, capture=False, timeout=None):
 
 
 def wait_for_micropython(port, seconds):
-    """Poll until the MicroPython raw REPL answers (the user may still be pressing RESET)."""
+    """Poll until the MicroPython raw REPL answers (the user may still be pressing RESET). On a
+    device running the app, the first attempt stops it (Ctrl-C); its watchdog feeder keeps the
+    REPL alive from then on."""
     deadline = time.time() + seconds
     while True:
         try:
@@ -241,29 +282,305 @@ def wait_for_micropython(port, seconds):
         time.sleep(1)
 
 
-def push(port, stage, files):
-    dirs = sorted({os.path.dirname(f) for f in files if os.path.dirname(f)})
-    # Create package directories; drop stale .py sources that would shadow the new .mpy files.
-    stale = [f[:-4] + ".py" for f in files if f.endswith(".mpy")]
-    prep = ("import os\nfor d in %r:\n try: os.mkdir(d)\n except OSError: pass\n"
-            "for f in %r:\n try: os.remove(f)\n except OSError: pass\n" % (dirs, stale))
-    args = ["exec", prep]
-    for f in files:
-        args += ["+", "fs", "cp", os.path.join(stage, f), ":" + f]
-    r = mpremote(port, args)
+# Snippets run on the device. Each is one function, deleted after the call: nothing stays in the
+# REPL's globals. They answer with one line "VUE:<json>".
+_DEVICE_LIB = """
+def _vue_sha(p):
+    try:
+        import hashlib, binascii
+        h = hashlib.sha256()
+        b = bytearray(1024)
+        m = memoryview(b)
+        with open(p, 'rb') as f:
+            while True:
+                n = f.readinto(b)
+                if not n:
+                    break
+                h.update(m[:n])
+        return binascii.hexlify(h.digest()).decode()
+    except (OSError, ImportError, AttributeError):
+        return None
+def _vue_size(p):
+    import os
+    try:
+        return os.stat(p)[6]
+    except OSError:
+        return None
+"""
+
+_PROBE = _DEVICE_LIB + """
+def _vue():
+    import os, json
+    def slot(s):
+        try:
+            with open(s + '/%(manifest)s') as f:
+                m = json.loads(f.read())
+            for p, n, d in m['files']:
+                if _vue_size(s + '/' + p) != n:
+                    return {'whole': False, 'version': m.get('version')}
+            return {'whole': True, 'version': m.get('version')}
+        except Exception:
+            return {'whole': False, 'version': None}
+    try:
+        with open('%(pointer)s') as f:
+            active = json.loads(f.read())['active']
+    except Exception:
+        active = None
+    st = os.statvfs('.')
+    print('VUE:' + json.dumps({'active': active, 'slots': dict((s, slot(s)) for s in %(slots)r),
+        'sha': dict((p, _vue_sha(p)) for p in %(top)r), 'free': st[0] * st[3],
+        'legacy': _vue_size('app.mpy') is not None or _vue_size('app.py') is not None}))
+_vue()
+del _vue, _vue_sha, _vue_size
+"""
+
+_HASHES = _DEVICE_LIB + """
+def _vue():
+    import json
+    print('VUE:' + json.dumps(dict((p, [_vue_size(p), _vue_sha(p)]) for p in %r)))
+_vue()
+del _vue, _vue_sha, _vue_size
+"""
+
+_CLEAR_SLOT = """
+def _vue():
+    import os
+    def rm(p):
+        for e in os.ilistdir(p):
+            q = p + '/' + e[0]
+            if e[1] == 0x4000:
+                rm(q)
+                os.rmdir(q)
+            else:
+                os.remove(q)
+    try:
+        os.remove('%(slot)s/%(manifest)s')  # first: a half-cleared slot must never look whole
+    except OSError:
+        pass
+    try:
+        rm('%(slot)s')
+    except OSError:
+        pass
+    for d in %(dirs)r:
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass
+    st = os.statvfs('.')
+    print('VUE:%%d' %% (st[0] * st[3]))
+_vue()
+del _vue
+"""
+
+_RENAME = """
+def _vue():
+    import os
+    for tmp, name in %r:
+        try:
+            os.rename(tmp, name)  # atomic on LittleFS: the old file or the new one, never half
+        except OSError:  # a filesystem that will not rename over a file
+            os.remove(name)
+            os.rename(tmp, name)
+    print('VUE:1')
+_vue()
+del _vue
+"""
+
+_SWITCH = """
+def _vue():
+    import os
+    with open('%(pointer)s.tmp', 'w') as f:
+        f.write('{"active": "%(slot)s"}')
+    try:
+        os.rename('%(pointer)s.tmp', '%(pointer)s')
+    except OSError:
+        os.remove('%(pointer)s')
+        os.rename('%(pointer)s.tmp', '%(pointer)s')
+    print('VUE:1')
+_vue()
+del _vue
+"""
+
+_REMOVE = """
+def _vue():
+    import os
+    for p in %r:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+    for d in %r:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    print('VUE:1')
+_vue()
+del _vue
+"""
+
+# An app stopped by mpremote's Ctrl-C leaves the ESP32's watchdog running (it cannot be stopped):
+# the loader's feeder keeps it fed; firmware installed by an older flash.py has none, and would be
+# reset mid-copy, so a timer feeds it from here (its objects in a closure, not in the REPL's
+# globals, where mpremote's helpers write `w`, `f`, ...).
+_KEEP_FED = """
+def _vue():
+    import sys
+    if sys.platform != 'esp32':
+        return
+    try:
+        import loader
+        if loader._board:
+            return loader.keep_alive()
+    except (ImportError, AttributeError):
+        pass
+    import machine
+    try:
+        w = machine.WDT(timeout=30000)
+    except OSError:
+        return
+    machine.Timer(0).init(period=1000, mode=machine.Timer.PERIODIC, callback=lambda t: w.feed())
+_vue()
+del _vue
+"""
+
+_RESTART = """
+import sys, time
+sys.modules.pop('loader', None)
+time.sleep_ms(100)
+try:
+    import loader
+    loader.restart()
+except ImportError:
+    import machine
+    machine.reset()
+"""
+
+
+def on_device(port, code, what, timeout=120):
+    """Run a snippet on the device -> the JSON value it printed after 'VUE:'."""
+    try:
+        r = mpremote(port, ["exec", code], capture=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Fail("the device stopped answering while %s; run the command again" % what)
+    for line in r.stdout.splitlines():
+        if line.startswith("VUE:"):
+            return json.loads(line[4:])
+    tail = [ln for ln in r.stdout.strip().splitlines() if ln.strip()][-1:] or ["(no answer)"]
+    raise Fail("the device could not finish %s: %s" % (what, tail[0].strip()))
+
+
+def copy_files(port, pairs, then):
+    """pairs: (local path, device path). One mpremote session for all of them."""
+    args = []
+    for local, remote in pairs:
+        args += ["fs", "cp", local, ":" + remote, "+"]
+    r = mpremote(port, args[:-1], capture=True)
     if r.returncode != 0:
-        raise Fail("mpremote could not copy the files to the device (its message is above); "
-                   "press RESET and run `make deploy` again")
+        tail = [ln for ln in r.stdout.strip().splitlines() if ln.strip()][-1:] or [""]
+        raise Fail("mpremote could not copy the files to the device (%s): %s" % (tail[0].strip(), then))
 
 
-def deploy(port, fw_dir, lib_dir, only=None):
+def check_copies(port, expected, then):
+    """expected: {device path: local path}; compares size and sha256 computed on the device."""
+    got = on_device(port, _HASHES % (sorted(expected),), "checking the copies")
+    for remote, local in sorted(expected.items()):
+        size, sha = got.get(remote) or (None, None)
+        if size != os.path.getsize(local) or sha != sha256_file(local):
+            raise Fail("%s on the device does not match what was sent (%s): %s"
+                       % (remote, "missing" if size is None else "%s bytes, sha256 %s" % (size, sha), then))
+
+
+def probe(port):
+    return on_device(port, _PROBE % {"manifest": MANIFEST, "pointer": POINTER, "slots": SLOTS,
+                                     "top": ROOT_FILES + DATA_FILES}, "reading the app layout")
+
+
+def booting_slot(state):
+    """The slot the device boots now (loader.choose): the active one if whole, else the other."""
+    active = state["active"]
+    for s in sorted(SLOTS, key=lambda s: s != active):
+        if state["slots"][s]["whole"]:
+            return s
+    return None
+
+
+def replace_files(port, pairs, what):
+    """pairs: (local path, device name): copied as <name>.tmp, checked, then renamed over <name>."""
+    if not pairs:
+        return
+    then = "the device keeps its previous %s; run the command again" % what
+    copy_files(port, [(local, name + ".tmp") for local, name in pairs], then)
+    check_copies(port, {name + ".tmp": local for local, name in pairs}, then)
+    on_device(port, _RENAME % ([(name + ".tmp", name) for local, name in pairs],), "renaming " + what)
+
+
+def push_data(port, fw_dir, state):
+    """config.json and secrets.json (already validated), when they differ from the device's."""
+    pairs = [(os.path.join(fw_dir, n), n) for n in DATA_FILES
+             if os.path.exists(os.path.join(fw_dir, n))
+             and state["sha"].get(n) != sha256_file(os.path.join(fw_dir, n))]
+    replace_files(port, pairs, "configuration")
+    return [n for _, n in pairs]
+
+
+def deploy(port, fw_dir, lib_dir):
+    """Install the app in the slot that is not booting, then switch to it. -> (slot, version)."""
     with tempfile.TemporaryDirectory(prefix="vue-deploy-") as stage:
         files = stage_app(fw_dir, lib_dir, stage)
-        if only:
-            files = [f for f in files if f in only]
-        print("Copying %d files: %s" % (len(files), " ".join(files)))
-        push(port, stage, files)
-    return files
+        slot_dir, root_dir = os.path.join(stage, "slot"), os.path.join(stage, "root")
+        version = app_version(fw_dir)
+        state = probe(port)
+        booting = booting_slot(state)
+        target = next(s for s in sorted(SLOTS, key=lambda s: s == state["active"]) if s != booting)
+        kept = ("the device still boots its previous app (in %s)" % booting if booting else
+                "nothing was switched") + "; run `make deploy` again"
+        print("The device boots %s; installing version %s in %s" % (
+            "%s (version %s)" % (booting, state["slots"][booting]["version"]) if booting
+            else "no complete app", version, target))
+        dirs = sorted({target + "/" + os.path.dirname(f) for f in files if os.path.dirname(f)})
+        free = on_device(port, _CLEAR_SLOT % {"slot": target, "manifest": MANIFEST,
+                                              "dirs": [target] + dirs}, "emptying " + target)
+        need = sum((os.path.getsize(os.path.join(slot_dir, f)) // FS_BLOCK + 2) * FS_BLOCK
+                   for f in files)
+        if free < need:
+            raise Fail("the device's filesystem has %d KB free, the app needs %d KB; %s"
+                       % (free // 1024, need // 1024, kept))
+        app_files = files[:-1]
+        print("Copying %d files to %s: %s" % (len(app_files), target, " ".join(app_files)))
+        copy_files(port, [(os.path.join(slot_dir, f), target + "/" + f) for f in app_files], kept)
+        check_copies(port, {target + "/" + f: os.path.join(slot_dir, f) for f in app_files}, kept)
+        # The manifest last: only now may the loader consider this slot whole.
+        copy_files(port, [(os.path.join(slot_dir, MANIFEST), target + "/" + MANIFEST)], kept)
+        check_copies(port, {target + "/" + MANIFEST: os.path.join(slot_dir, MANIFEST)}, kept)
+        on_device(port, _SWITCH % {"pointer": POINTER, "slot": target}, "switching to " + target)
+        print("Switched to %s%s" % (target, " (the previous app stays in %s)" % booting if booting else ""))
+        pushed = push_data(port, fw_dir, state)
+        changed = [(os.path.join(root_dir, n), n) for n in ROOT_FILES
+                   if state["sha"].get(n) != sha256_file(os.path.join(root_dir, n))]
+        replace_files(port, changed, "boot.py, main.py and loader")
+        if changed or pushed:
+            print("Updated %s" % " ".join([n for _, n in changed] + pushed))
+        if state["legacy"]:  # the app as an older flash.py installed it, at the top level
+            old = app_files + [f[:-4] + ".py" for f in app_files]
+            on_device(port, _REMOVE % (old, sorted({os.path.dirname(f) for f in app_files} - {""})),
+                      "removing the app's old top-level copy")
+    return target, version
+
+
+def keep_fed(port):
+    r = mpremote(port, ["exec", _KEEP_FED], capture=True, timeout=30)
+    if r.returncode != 0:
+        raise Fail("the device did not answer as MicroPython does (%s); press RESET and run the command "
+                   "again" % (r.stdout.strip().splitlines()[-1:] or ["no answer"])[0])
+
+
+def restart(port):
+    """Reset the device so it runs what was just installed (a hard reset, as the RESET button)."""
+    try:
+        mpremote(port, ["exec", "--no-follow", _RESTART], capture=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -318,8 +635,11 @@ def cmd_flash(args, tool):
     step(5, 5, "installing the app")
     print("Release GPIO0 and press RESET (or power-cycle) so the board starts MicroPython ...")
     wait_for_micropython(tool.port, args.wait or 60)
-    deploy(tool.port, args.firmware_dir, args.lib_dir)
-    print("\nDone. Press RESET to start the firmware; `make console` shows its log.")
+    keep_fed(tool.port)
+    slot, version = deploy(tool.port, args.firmware_dir, args.lib_dir)
+    restart(tool.port)
+    print("\nDone: the device restarts with the app (version %s, in %s); `make console` shows "
+          "its log." % (version, slot))
 
 
 def cmd_restore(args, tool):
@@ -341,11 +661,14 @@ def cmd_restore(args, tool):
 
 def cmd_deploy(args, port):
     load_config(args.firmware_dir)
-    step(1, 2, "waiting for MicroPython on %s" % port)
+    step(1, 2, "waiting for MicroPython on %s (this stops the app if it runs)" % port)
     wait_for_micropython(port, args.wait or 20)
-    step(2, 2, "copying the app")
-    deploy(port, args.firmware_dir, args.lib_dir)
-    print("\nDone. Press RESET to start the firmware.")
+    keep_fed(port)
+    step(2, 2, "installing the app")
+    slot, version = deploy(port, args.firmware_dir, args.lib_dir)
+    restart(port)
+    print("\nDone: the device restarts with version %s (in %s); `make console` shows its log."
+          % (version, slot))
 
 
 def cmd_config(args, port):
@@ -354,11 +677,14 @@ def cmd_config(args, port):
     import config
     sys.path.remove(args.firmware_dir)
     print("config.json is valid:\n" + json.dumps(config.redacted(cfg), indent=1, sort_keys=True))
-    step(1, 2, "waiting for MicroPython on %s" % port)
+    step(1, 2, "waiting for MicroPython on %s (this stops the app if it runs)" % port)
     wait_for_micropython(port, args.wait or 20)
+    keep_fed(port)
     step(2, 2, "copying the configuration")
-    deploy(port, args.firmware_dir, args.lib_dir, only=("config.json", "secrets.json"))
-    print("\nDone. Press RESET so the firmware reads the new configuration.")
+    pushed = push_data(port, args.firmware_dir, probe(port))
+    restart(port)
+    print("\nDone: %s; the device restarts and reads it." % (
+        "copied " + " and ".join(pushed) if pushed else "the device already had this configuration"))
 
 
 def main(argv=None):

@@ -11,6 +11,13 @@ The meter behind the module is a model house with solar panels: a load of a few 
 appliance bursts, minus a solar curve peaking at midday. Power is negative (export) in the middle of
 the simulated day. The import and export counters only increase, by exactly the reported power times
 the simulated time since the previous reading, so a consumer can check one against the other.
+At `loglevel 20` the module also prints its received-message lines (protocol.md, "The MGM111's own
+command line"): per reading one `RX ... clus 0x0702 ... payload[...]` line with the meter message's
+ZCL bytes, a `-- Got Meter Rsp` line, now and then a line for another cluster; `rx_lines` turns
+them off (default: off for v2, where it is not known), LOG_FAULTS break them. Versions 4 and 6
+answer `r` in a made-up layout no decoder reads (as 'unknown' does), so their readings can only
+come from those lines. Every byte received is kept in `received` (tests check that nothing but
+SAFE_COMMANDS was ever written to the module).
 CPython only (threads, pty, termios).
 """
 import argparse
@@ -26,6 +33,7 @@ import tty
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mgm_payloads as P  # noqa: E402
+from mgm_lines import got_meter_rsp, rx_line  # noqa: E402
 
 CMD_R, CMD_J, CMD_M, CMD_I, CMD_F, CMD_E = (ord(c) for c in "rjmife")
 UNKNOWN_VERSION_BYTE = 4  # 'unknown' reports an undocumented version (4 and 6 are seen in the field)
@@ -33,9 +41,19 @@ UNKNOWN_LEN = 64
 
 # Faults tied to reading requests (count = readings affected); the others count any answer.
 READING_FAULTS = ("no_readings", "truncate", "bad_terminator", "lying_length", "duplicate", "errors",
-                  "wh_glitch", "wh_step", "missing", "dollar")
+                  "wh_glitch", "wh_step", "missing", "dollar", "zeros")
 ANSWER_FAULTS = ("silence", "garbage", "log_text")
-FAULTS = ANSWER_FAULTS + READING_FAULTS
+# The module's own log lines (issue 13). rx_cut: the next received-message line stops halfway
+# (keep=chars, crlf=0 to lose its line end too); rx_split: a `$` frame in the middle of it (at=char);
+# rx_mismatch: its values disagree with the `r` answer (delta=W); key_lines: the module prints a
+# network key, its install code and a Key Establishment message; ignore_loglevel: `loglevel` has no
+# effect (a module that never prints received-message lines).
+LOG_FAULTS = ("rx_cut", "rx_split", "rx_mismatch", "key_lines", "ignore_loglevel")
+FAULTS = ANSWER_FAULTS + READING_FAULTS + LOG_FAULTS
+UNKNOWN_LAYOUT = (4, 6, "unknown")  # `r` answers in a layout nobody has published
+# All a well-behaved host ever writes to the module (protocol.md).
+SAFE_COMMANDS = (b"$r\r", b"$j\r", b"$m\r", b"$i\r", b"$f\r", b"\r", b"loglevel 10\r", b"loglevel 20\r")
+OTHER_CLUSTERS = (0x0000, 0x000A, 0x0700, 0x0703)
 # These describe one event: without an explicit count they fire once.
 ONE_SHOT = ("wh_glitch", "wh_step")
 
@@ -90,9 +108,21 @@ class MgmSim:
     def __init__(self, version=8, mac="00:0D:6F:00:0B:C4:1A:22", install_code=bytes(8), seed=0,
                  speedup=1.0, latency=0.003, start_hour=5.0, import_wh=None, export_wh=None,
                  multiplier=1, divisor=1000, has_export=True, zcl_seq=None, v2_negative="alternate",
-                 v2_constant=b"\xfb\xfb", join_status=0x00, verbose=False, out=None):
-        if version not in (2, 7, 8, "unknown"):
-            raise ValueError("version must be 2, 7, 8 or 'unknown'")
+                 v2_constant=b"\xfb\xfb", join_status=0x00, verbose=False, out=None,
+                 rx_lines=None, rx_other=0.2, rx_position="before"):
+        if version not in (2, 4, 6, 7, 8, "unknown"):
+            raise ValueError("version must be 2, 4, 6, 7, 8 or 'unknown'")
+        if rx_position not in ("before", "after", "mixed"):
+            raise ValueError("rx_position must be before, after or mixed")
+        # Received-message lines at loglevel 20: whether v2 modules print them is not known.
+        self.rx_lines = version != 2 if rx_lines is None else bool(rx_lines)
+        self.rx_other = rx_other  # chance of a line for another cluster per reading
+        self.rx_position = rx_position  # the 0x0702 line before or after the `r` answer
+        self.rx_sent = []  # every received-message line printed: t, cluster, zcl, cut, split, mismatch
+        self.received = bytearray()  # every byte the host wrote to the module
+        self._meter_msg = None  # the meter message behind the last reading (seq, imp, exp, power_raw, fields, glitch)
+        self._kr = random.Random(seed ^ 0x5EC)  # the network key only: leaves self.rng's sequence alone
+        self.network_key = bytes(self._kr.randrange(256) for _ in range(16))
         if v2_negative not in ("alternate", "ones", "signmag"):
             raise ValueError("v2_negative must be alternate, ones or signmag")
         self.version = version
@@ -191,7 +221,15 @@ class MgmSim:
     def set_fault(self, name, **params):
         """Turn a fault on. Params: count=N (next N events only), probability=p (0..1), plus
         per-fault ones (garbage: size; log_text: lines; lying_length: delta; bad_terminator: byte;
-        errors: code; wh_glitch: jump; wh_step: import_wh, export_wh; missing: fields)."""
+        errors: code; missing: fields). Energy faults, for the totals (count = readings):
+        - wh_glitch: jump=Wh (any size, negative too; default 1000000), on=import|export|both (ZCL;
+          v2 has one net counter): the counter reads off by `jump` for these readings only.
+        - zeros: the energy counters read 0 (ZCL: import and export; v2: its net counter, where 0
+          is also the 'missing' marker), e.g. at boot: set_fault('zeros', count=2) before starting.
+        - wh_step: import_wh, export_wh: the meter is reset or replaced: both counters restart
+          there and count on from it. Also how a test makes the meter read below a total that was
+          published (and retained) before: stop the firmware, wh_step, start it again.
+        A long outage is sim.advance(seconds) (the meter counts on meanwhile) or no_readings."""
         if name not in FAULTS:
             raise ValueError("unknown fault %r (known: %s)" % (name, ", ".join(FAULTS)))
         params = dict(params)
@@ -249,6 +287,7 @@ class MgmSim:
                 time.sleep(0.05)
                 continue
             buf += data
+            self.received += data
             # A request is complete at its CR, however it was split across writes.
             while b"\r" in buf:
                 i = buf.index(b"\r")
@@ -264,6 +303,10 @@ class MgmSim:
             self.drains += 1  # lone CR: ends any half-command; nothing to answer
             return
         if line.startswith(b"loglevel"):
+            if "ignore_loglevel" in self.faults:
+                self.other_text.append(line)
+                self._say("<- %r ignored (this module ignores loglevel)" % line)
+                return
             try:
                 self.loglevel = int(line.split()[1])
             except (IndexError, ValueError):
@@ -382,8 +425,11 @@ class MgmSim:
                     if n == len(payload):
                         n = len(payload) - 1
                     wire = b"$\x01" + bytes((CMD_R, n)) + payload + b"\r"
+        rx_pre, rx_post = self._rx_text(payload)  # the module's log of the meter message (issue 13)
         # A truncated frame is the last thing on the line until the next request.
-        self._answer(CMD_R, payload, wire=wire, extra_before=err_frame, tail=t is None)
+        self._answer(CMD_R, payload, wire=wire, extra_before=err_frame + rx_pre, tail=t is None)
+        if rx_post:
+            self._write(rx_post)
         if wire is None and self._take("duplicate") is not None:
             time.sleep(0.002)
             self._write(P.frame(CMD_R, payload))
@@ -426,6 +472,8 @@ class MgmSim:
                 del self.readings[:5000]
             missing = self._take("missing")
             fields = tuple(missing.get("fields", ("energy", "power"))) if missing is not None else ()
+            zeros = self._take("zeros")
+            self._meter_msg = (seq, imp, exp, power_raw, fields, glitch)  # for _meter_zcl (issue 13)
             if self.version == 2:
                 net = imp - exp
                 if glitch is not None:
@@ -437,7 +485,7 @@ class MgmSim:
                     self._neg_toggle ^= 1
                 elif negative == "alternate":
                     negative = "ones"
-                energy = net
+                energy = 0 if zeros is not None else net
                 if "energy" in fields:
                     energy = (None, 0x00400000)[self._missing_toggle]
                     self._missing_toggle ^= 1
@@ -448,8 +496,14 @@ class MgmSim:
                                     negative=negative,
                                     constant=b"$\x01" if dollar is not None else self.v2_constant)
             if glitch is not None:
-                imp += glitch.get("jump", 1000000)
-            if self.version == "unknown":
+                jump, on = glitch.get("jump", 1000000), glitch.get("on", "import")
+                if on in ("import", "both"):
+                    imp = max(0, imp + jump)
+                if on in ("export", "both"):
+                    exp = max(0, exp + jump)
+            if zeros is not None:
+                imp = exp = 0
+            if self.version in UNKNOWN_LAYOUT:
                 return self._unknown_payload(seq, imp, exp, power_raw, t)
             return P.zcl_payload(
                 seq=seq,
@@ -473,6 +527,86 @@ class MgmSim:
         p[25:27] = (self.divisor & 0xFFFF).to_bytes(2, "big")
         return bytes(p)
 
+
+    # ---------- the module's own log lines (issue 13) ----------
+    def _meter_zcl(self, payload, delta_w=0):
+        """The ZCL bytes of the meter message behind the reading just answered, as a verbose
+        module prints them: for v7/v8 exactly its `r` payload."""
+        if self.version in (7, 8) and not delta_w:
+            return bytes(payload)
+        seq, imp, exp, power_raw, fields, glitch = self._meter_msg
+        if glitch is not None:
+            imp += glitch.get("jump", 1000000)
+        return P.zcl_payload(
+            seq=seq,
+            import_raw=None if "energy" in fields or "import" in fields else imp,
+            export_raw=None if not self.has_export or "export" in fields else exp,
+            multiplier=None if "multiplier" in fields else self.multiplier,
+            divisor=None if "divisor" in fields else self.divisor,
+            demand_raw=None if "power" in fields else power_raw + delta_w)
+
+    def _rx_text(self, payload):
+        """The log text around one `r` answer at loglevel 20 -> (before the frame, after it)."""
+        k = self._take("key_lines")
+        pre = self._key_text() if k is not None else b""
+        if self.loglevel < 20 or not self.rx_lines or self._meter_msg is None:
+            return pre, b""
+        mm = self._take("rx_mismatch")
+        zcl = self._meter_zcl(payload, mm.get("delta", 100) if mm is not None else 0)
+        ms = int((time.monotonic() - self._t0) * 1000)
+        if self.rx_other and self.rng.random() < self.rx_other:
+            pre += self._other_rx_line(ms - 40)
+        line = rx_line(0x0702, zcl, ts=ms).encode()
+        cut = self._take("rx_cut")
+        split = self._take("rx_split")
+        end = b"\r\n"
+        if cut is not None:
+            line = line[:cut.get("keep", len(line) // 2)]
+            end = b"\r\n" if cut.get("crlf", 1) else b""
+        tail = end + got_meter_rsp(zcl).encode() + b"\r\n"
+        with self.lock:
+            self.rx_sent.append({"t": self.now(), "cluster": 0x0702, "zcl": zcl, "cut": cut is not None,
+                                 "split": split is not None, "mismatch": mm is not None})
+        if split is not None:
+            at = split.get("at", self.rng.randint(1, len(line) - 1))
+            return pre + line[:at], line[at:] + tail
+        after = self.rx_position == "after" or (self.rx_position == "mixed" and self.rng.random() < 0.5)
+        if after:
+            return pre, line + tail
+        return pre + line + tail, b""
+
+    def _other_rx_line(self, ms):
+        cluster = self.rng.choice(OTHER_CLUSTERS)
+        zcl = bytes((self.rng.choice((0x18, 0x19, 0x08)), self.rng.randrange(256), self.rng.randrange(16))) + \
+            bytes(self.rng.randrange(256) for _ in range(self.rng.randint(0, 24)))
+        with self.lock:
+            self.rx_sent.append({"t": self.now(), "cluster": cluster, "zcl": zcl, "cut": False,
+                                 "split": False, "mismatch": False})
+        return rx_line(cluster, zcl, ts=ms).encode() + b"\r\n"
+
+    def _key_text(self):
+        """What a module that prints its secrets unasked would show (redaction tests)."""
+        key = " ".join("%02X" % b for b in self.network_key)
+        ke = bytes((0x19, self.rng.randrange(256), 0x00)) + self.network_key + self.install_code
+        return ("NWK Key: %s\r\nInstall Code: %s CRC 1D2C\r\n%s\r\n" % (
+            key, self.install_code.hex().upper(), rx_line(0x0800, ke))).encode()
+
+    def commands_received(self):
+        """Everything the host wrote, as commands (each with its CR; an unfinished one last)."""
+        data = bytes(self.received)
+        out = []
+        while data:
+            i = data.find(b"\r")
+            if i < 0:
+                out.append(data)
+                break
+            out.append(data[:i + 1])
+            data = data[i + 1:]
+        return out
+
+    def unsafe_commands(self):
+        """Commands received that a well-behaved host never sends (e.g. leave, reset, printKeys, $d)."""
+        return [c for c in self.commands_received() if c not in SAFE_COMMANDS]
 
 # ---------- CLI ----------
 def _parse_fault(spec):
@@ -519,7 +653,10 @@ def command(sim, line):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Simulated MGM111 on a pseudo-terminal (see protocol.md).")
-    ap.add_argument("--version", default="8", help="MGM firmware version: 2, 7, 8 or unknown")
+    ap.add_argument("--version", default="8", help="MGM firmware version: 2, 4, 6, 7, 8 or unknown "
+                    "(4, 6 and unknown answer `r` in a layout no decoder reads)")
+    ap.add_argument("--rx-lines", choices=("on", "off"), help="received-message lines at loglevel 20 "
+                    "(default: on, except v2)")
     ap.add_argument("--fault", action="append", default=[], metavar="NAME[:k=v,...]",
                     help="fault active from the start: " + ", ".join(FAULTS))
     ap.add_argument("--link", help="also make this symlink to the pty (removed at exit)")
@@ -530,7 +667,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     version = int(args.version) if args.version.isdigit() else args.version
     try:
-        sim = MgmSim(version=version, mac=args.mac, seed=args.seed, speedup=args.speedup, verbose=args.verbose)
+        sim = MgmSim(version=version, mac=args.mac, seed=args.seed, speedup=args.speedup, verbose=args.verbose,
+                     rx_lines=None if args.rx_lines is None else args.rx_lines == "on")
         for spec in args.fault:
             name, params = _parse_fault(spec)
             sim.set_fault(name, **params)

@@ -38,6 +38,45 @@ def pump(proc):
         print("  FW  " + line.decode(errors="replace").rstrip())
 
 
+# Exit statuses of the firmware under the unix port (firmware/loader.py, board/unix.py): the
+# device restarts after these two, as the runner does ...
+RESTART = {3: "the firmware asked for a restart", -9: "the watchdog reset the firmware"}
+# ... and stays in its REPL after these (nothing would change with a restart).
+STAYS = {2: "safe mode: the configuration cannot be used",
+         4: "the firmware gave up after crashing repeatedly (see crash.log)"}
+
+
+def supervise(start, stop, t_end=None, say=print):
+    """Run the firmware (start() -> Popen with stdout piped), restarting it as the device would,
+    until stop is set, t_end passes or it stops for good. -> its last exit status."""
+    while True:
+        fw = start()
+        reader = threading.Thread(target=pump, args=(fw,), daemon=True)
+        reader.start()
+        try:
+            while fw.poll() is None and not stop.is_set():
+                if t_end and time.time() > t_end:
+                    stop.set()
+                time.sleep(0.2)
+        finally:
+            if fw.poll() is None:
+                fw.terminate()
+                fw.wait()
+            reader.join(2)
+        status = fw.returncode
+        if stop.is_set():
+            return status
+        if status in RESTART:
+            say("%s: restarting it, as the device would" % RESTART[status])
+            continue
+        if status in STAYS:
+            say("firmware exited with status %s, %s: not restarting it (the device stays in its REPL)"
+                % (status, STAYS[status]))
+        else:
+            say("firmware exited with status %s" % status)
+        return status
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mqtt-port", type=int, default=int(os.environ.get("MQTT_PORT", 1883)))
@@ -58,10 +97,13 @@ def main():
     sim.start()
     print("simulated MGM111 (firmware v%s) on %s" % (args.version, sim.path))
     workdir = os.path.join(sim_env.ROOT, "build", "sim")
-    cfg = sim_env.firmware_config(sim.path, args.mqtt_port, meter={"poll_interval_s": args.poll, "startup_delay_s": 0})
+    # The firmware believes no meter counts faster than 131 kW: at `speedup` the simulated house
+    # (~4 kW peak) would, so the firmware's clock runs faster too (debug.time_scale).
+    scale = min(1000, max(1, int(-(-args.speedup // 30))))
+    cfg = sim_env.firmware_config(sim.path, args.mqtt_port, meter={"poll_interval_s": args.poll, "startup_delay_s": 0},
+                                  debug={"time_scale": scale})
     stop = threading.Event()
     threading.Thread(target=watch_broker, args=(args.mqtt_port, stop), daemon=True).start()
-    fw = None
     t_end = time.time() + args.seconds if args.seconds else None
 
     def commands():
@@ -76,36 +118,14 @@ def main():
     if sys.stdin and sys.stdin.isatty():
         threading.Thread(target=commands, daemon=True).start()
     try:
-        while not stop.is_set():
-            fw = sim_env.start_firmware(workdir, cfg)
-            reader = threading.Thread(target=pump, args=(fw,), daemon=True)
-            reader.start()
-            while fw.poll() is None and not stop.is_set():
-                if t_end and time.time() > t_end:
-                    stop.set()
-                time.sleep(0.2)
-            if fw.poll() is None:
-                fw.terminate()
-                fw.wait()
-            reader.join(2)
-            if fw.returncode == 3 and not stop.is_set():
-                print("firmware asked for a restart: restarting it, as the device would")
-                continue
-            if not stop.is_set():
-                print("firmware exited with status %s" % fw.returncode)
-                stop.set()
-                return fw.returncode or 0
+        return supervise(lambda: sim_env.start_firmware(workdir, cfg), stop, t_end) or 0
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         stop.set()
-        if fw and fw.poll() is None:
-            fw.terminate()
-            fw.wait()
         sim.stop()
         if broker:
             broker.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,15 +34,27 @@ def mosquitto_path():
 
 
 class Broker:
-    """A private mosquitto on a loopback port; restartable (the tests kill it to prove reconnects)."""
+    """A private mosquitto on a loopback port; restartable (the tests kill it to prove reconnects).
 
-    def __init__(self, port=None, workdir=None, persistence=True, users=None):
+    tls=True adds a second listener, on .tls_port, speaking MQTT over TLS with a certificate made
+    here for `tls_names` (host names and IP addresses), signed by a test CA whose certificate is
+    .ca_file (PEM; .ca_der: DER). The plain listener on .port stays, for the HA client."""
+
+    def __init__(self, port=None, workdir=None, persistence=True, users=None, tls=False,
+                 tls_names=("localhost", "127.0.0.1"), tls_key="rsa"):
         self.port = port or free_port()
         self.dir = workdir or tempfile.mkdtemp(prefix="vue-broker-")
         os.makedirs(self.dir, exist_ok=True)
         self.proc = None
         lines = ["listener %d 127.0.0.1" % self.port, "persistence %s" % ("true" if persistence else "false"),
                  "persistence_location %s/" % self.dir, "log_dest stderr"]
+        self.tls_port = None
+        if tls:
+            self.tls_port = free_port()
+            self.ca_file, cert, key = self.make_certs(os.path.join(self.dir, "tls"), tls_names, tls_key)
+            with open(self.ca_file, "rb") as f:
+                self.ca_der = _pem_to_der(f.read())
+            lines += ["listener %d 127.0.0.1" % self.tls_port, "certfile " + cert, "keyfile " + key]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to its own user and cannot read our files
         if users:
@@ -63,11 +75,63 @@ class Broker:
         self.log = open(os.path.join(self.dir, "broker.log"), "ab")
         self.proc = subprocess.Popen([mosquitto_path(), "-c", self.conf], stdout=self.log, stderr=self.log)
         deadline = time.time() + 10
-        while not port_open(self.port):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mosquitto did not start on port %d (see %s)" % (self.port, self.log.name))
-            time.sleep(0.05)
+        for port in (self.port, self.tls_port):
+            while port and not port_open(port):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mosquitto did not start on port %d (see %s)" % (port, self.log.name))
+                time.sleep(0.05)
         return self
+
+    @staticmethod
+    def make_certs(folder, names=("localhost", "127.0.0.1"), key_type="rsa"):
+        """A fresh CA and a server certificate for `names` signed by it, as PEM files in `folder`
+        -> (ca.pem, server.pem, server.key). key_type: "rsa" (2048 bits, what most guides make)
+        or "ec" (P-256)."""
+        import datetime
+        import ipaddress
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.x509.oid import NameOID
+
+        def new_key():
+            if key_type == "ec":
+                return ec.generate_private_key(ec.SECP256R1())
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+        def cert(subject, issuer, pub, signer, ca, sans=()):
+            now = datetime.datetime.now(datetime.timezone.utc)
+            b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)
+                 .serial_number(x509.random_serial_number())
+                 .not_valid_before(now - datetime.timedelta(days=1))
+                 .not_valid_after(now + datetime.timedelta(days=30))
+                 .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+            if sans:
+                alt = []
+                for n in sans:
+                    try:
+                        alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+                    except ValueError:
+                        alt.append(x509.DNSName(n))
+                b = b.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            return b.sign(signer, hashes.SHA256())
+
+        os.makedirs(folder, exist_ok=True)
+        ca_key, key = new_key(), new_key()
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vue-utility test CA")])
+        ca = cert(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        srv = cert(name, ca_name, key.public_key(), ca_key, False, names)
+        paths = [os.path.join(folder, f) for f in ("ca.pem", "server.pem", "server.key")]
+        for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM),
+                                      srv.public_bytes(serialization.Encoding.PEM),
+                                      key.private_bytes(serialization.Encoding.PEM,
+                                                        serialization.PrivateFormat.TraditionalOpenSSL,
+                                                        serialization.NoEncryption()))):
+            with open(path, "wb") as f:
+                f.write(data)
+        os.chmod(paths[2], 0o600)
+        return paths
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -78,6 +142,12 @@ class Broker:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def _pem_to_der(pem):
+    import base64
+    body = b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))
+    return base64.b64decode(body)
 
 
 def firmware_config(uart_device, mqtt_port, **sections):
@@ -118,6 +188,16 @@ def _py_files(top):
                 yield os.path.relpath(os.path.join(d, f), top)
 
 
+def micropython():
+    """The MicroPython binary every test and the bench start: $MICROPYTHON, else the `micropython`
+    beside the running Python (a pyenv shim puts its own bin back in front of PATH), else PATH's."""
+    exe = os.environ.get("MICROPYTHON")
+    if exe:
+        return exe
+    beside = os.path.join(os.path.dirname(sys.executable), "micropython")
+    return beside if os.access(beside, os.X_OK) else shutil.which("micropython") or "micropython"
+
+
 def start_firmware(workdir, cfg=None, heapsize=None, device_id="sim0001", stdout=None, extra_env=None,
                    mpy_dir=None):
     """Run firmware/main.py under `micropython` with cwd=workdir (config.json and state.json there)."""
@@ -131,7 +211,7 @@ def start_firmware(workdir, cfg=None, heapsize=None, device_id="sim0001", stdout
     env["MICROPYPATH"] = os.pathsep.join(([mpy_dir] if mpy_dir else []) + [FIRMWARE, LIB, ".frozen"])
     env["VUE_DEVICE_ID"] = device_id
     env.update(extra_env or {})
-    cmd = ["micropython"]
+    cmd = [micropython()]
     if heapsize:
         cmd += ["-X", "heapsize=%s" % heapsize]
     cmd.append(os.path.join(mpy_dir or FIRMWARE, "main.py"))

@@ -1,5 +1,5 @@
 # MGM firmware v2 reading: a 152-byte block at fixed offsets, mixed byte order (protocol.md).
-from . import DecodeError, check_scale, scale
+from . import DecodeError, check_scale, scale, scale_total
 
 LENGTH = 152
 ENERGY_MISSING = 0x00400000  # like 0: "missing"; anything above has only been seen as junk
@@ -22,16 +22,18 @@ def decode(p, out):
     out.format = "v2"
     out.multiplier = multiplier
     out.divisor = divisor
-    out.meter_ms = p[148] | (p[149] << 8) | (p[150] << 16) | (p[151] << 24)
+    out._ms_lo = p[148] | (p[149] << 8)  # 32 bits as two halves: no long int on the ESP32
+    out._ms_hi = p[150] | (p[151] << 8)
 
-    energy = _be(p, 4, 4)
-    usable = 0 < energy < ENERGY_MISSING
+    # Checked on the bytes: a 32-bit counter read as one int would be a long int on the ESP32.
+    usable = p[4] == 0 and p[5] < 0x40 and (p[5] or p[6] or p[7])
     if usable:
-        out.net_wh = scale(energy, multiplier, divisor)
+        scale_total(out, "net", p, 4, 4, True, False, multiplier, divisor)
 
     power = _be(p, 57, 3)
     if power == POWER_MISSING:
         if not usable:  # messages are built only here, so a normal reading allocates nothing
+            energy = _be(p, 4, 4)
             if energy > ENERGY_MISSING:
                 why = "energy counter 0x%08X is above 0x00400000, which only junk readings show"
             else:

@@ -1,7 +1,7 @@
 # MGM firmware v7/v8 reading: a ZCL Read Attributes Response of the Simple Metering cluster
 # (protocol.md). Records are walked by the payload length, never by fixed offsets, because meters
 # leave attributes out (status 0x86) or add ones we do not use.
-from . import DecodeError, check_scale, scale
+from . import DecodeError, check_scale, scale, scale_total
 
 FRAME_CONTROL = 0x18
 READ_ATTRIBUTES_RESPONSE = 0x01
@@ -16,24 +16,32 @@ ATTR_DEMAND = 0x0400  # InstantaneousDemand, W, signed
 _ATTRS = (ATTR_IMPORT, ATTR_EXPORT, ATTR_MULTIPLIER, ATTR_DIVISOR, ATTR_DEMAND)
 _NAMES = ("import", "export", "multiplier", "divisor", "power")
 _IMP, _EXP, _MUL, _DIV, _DEM = 0, 1, 2, 3, 4
-_val = [None] * 5
+_val = [None] * 5  # the value; for the totals: its byte offset in the payload (scaled at the end)
+_size = [0] * 5
+_signed = [False] * 5
 _status = [None] * 5  # status byte of a record without value; -1: value was the 'no value' marker
 _NO_VALUE = -1
 
 
-def _fixed_sizes():
-    # Standard ZCL fixed-size types, so attributes we do not use can be skipped.
-    s = {0x10: 1, 0x30: 1, 0x31: 2, 0x38: 2, 0x39: 4, 0x3A: 8, 0xE0: 4, 0xE1: 4, 0xE2: 4,
-         0xE8: 2, 0xE9: 2, 0xEA: 4, 0xF0: 8, 0xF1: 16}
-    for k in range(8):
-        s[0x08 + k] = k + 1  # data8..data64
-        s[0x18 + k] = k + 1  # bitmap8..bitmap64
-        s[0x20 + k] = k + 1  # uint8..uint64
-        s[0x28 + k] = k + 1  # int8..int64
-    return s
+# The other fixed-size ZCL types, as (type, bytes) pairs: bool, enum8/16, semi/single/double float,
+# time of day, date, UTC time, cluster id, attribute id, BACnet OID, IEEE address, 128-bit key.
+# Bytes, not a dict: a 46-entry dict held ~1.5 KB of heap for the device's whole life.
+_OTHER_SIZES = b"\x10\x01\x30\x01\x31\x02\x38\x02\x39\x04\x3a\x08\xe0\x04\xe1\x04\xe2\x04\xe8\x02" \
+    b"\xe9\x02\xea\x04\xf0\x08\xf1\x10"
 
 
-SIZES = _fixed_sizes()
+def type_size(t):
+    """Bytes of a value of fixed-size ZCL data type t (so attributes we do not use can be
+    skipped), or None for a type of variable or unknown size."""
+    if 0x08 <= t <= 0x0F or 0x18 <= t <= 0x2F:
+        return (t & 7) + 1  # data8..data64, bitmap8..64, uint8..64, int8..64
+    s = _OTHER_SIZES
+    for i in range(0, len(s), 2):
+        if s[i] == t:
+            return s[i + 1]
+    return None
+
+
 _STRINGS = (0x41, 0x42)  # octet and character string: 1-byte length first (0xFF = no value)
 
 
@@ -42,6 +50,25 @@ def _le(p, off, size):
     for i in range(off + size - 1, off - 1, -1):
         v = (v << 8) | p[i]
     return v
+
+
+def _no_value(p, off, size, signed):
+    """The ZCL 'no value' marker, checked on the bytes (no constant like 1 << 47, which on the ESP32
+    would be a long int): unsigned all ones; signed the most negative number (0x80 00 .. 00)."""
+    top = p[off + size - 1]
+    if signed:
+        if top != 0x80:
+            return False
+        for i in range(off, off + size - 1):
+            if p[i]:
+                return False
+        return True
+    if top != 0xFF:
+        return False
+    for i in range(off, off + size - 1):
+        if p[i] != 0xFF:
+            return False
+    return True
 
 
 def _slot(attr):
@@ -91,7 +118,7 @@ def decode(p, out):
                               % (attr, i - 3))
         t = p[i]
         i += 1
-        size = SIZES.get(t)
+        size = type_size(t)
         if size is None and t in _STRINGS:
             if i >= n:
                 raise DecodeError("ZCL string of attribute 0x%04X at byte %d is cut short"
@@ -108,15 +135,17 @@ def decode(p, out):
             raise DecodeError("ZCL value of attribute 0x%04X at byte %d is cut short (%d of %d "
                               "bytes)" % (attr, i, n - i, size))
         if k >= 0:
-            v = _le(p, i, size)
-            top = 1 << (8 * size - 1)
-            if t >= 0x28:  # signed: the ZCL 'no value' marker is the most negative number
-                if v == top:
-                    v = None
-                elif v & top:
-                    v -= top << 1
-            elif v == (top << 1) - 1:  # unsigned: all ones is the 'no value' marker
+            signed = t >= 0x28
+            if _no_value(p, i, size, signed):
                 v = None
+            elif k <= _EXP:
+                v = i  # a total: scaled from its bytes once the multiplier and divisor are known
+                _size[k] = size
+                _signed[k] = signed
+            else:
+                v = _le(p, i, size)
+                if signed and p[i + size - 1] & 0x80:
+                    v -= 1 << (8 * size)  # only up to 24 bits here: small ints
             _val[k] = v
             _status[k] = _NO_VALUE if v is None else None
         i += size
@@ -135,9 +164,9 @@ def decode(p, out):
     out.multiplier = multiplier
     out.divisor = divisor
     if _val[_IMP] is not None:
-        out.import_wh = scale(_val[_IMP], multiplier, divisor)
+        scale_total(out, "imp", p, _val[_IMP], _size[_IMP], False, _signed[_IMP], multiplier, divisor)
     if _val[_EXP] is not None:
-        out.export_wh = scale(_val[_EXP], multiplier, divisor)
+        scale_total(out, "exp", p, _val[_EXP], _size[_EXP], False, _signed[_EXP], multiplier, divisor)
     if _val[_DEM] is not None:
         out.watts = scale(_val[_DEM], multiplier, divisor)
     return out

@@ -130,12 +130,12 @@ class Esp32Sim:
         self.stop()
 
     # ---- byte plumbing ----------------------------------------------------------------------
-    def _send(self, data):
-        """Write to the pty master; gives up (drops the rest) if nobody reads for 5 s."""
+    def _send(self, data, wait=5):
+        """Write to the pty master; gives up (drops the rest) if nobody reads for `wait` s."""
         with self._wlock:
             view = memoryview(data)
             while view and not self._stop.is_set():
-                _, w, _ = select.select([], [self.master], [], 5)
+                _, w, _ = select.select([], [self.master], [], wait)
                 if not w:
                     return
                 try:
@@ -179,7 +179,9 @@ class Esp32Sim:
         self.log.append("booted application")
         img = self.flash[MP_IMAGE_OFFSET:MP_IMAGE_OFFSET + 0x200000]
         if img[0] == 0xE9 and b"MicroPython" in img:
-            self.board = MicroPythonBoard(self.fsdir, self._send).start()
+            # A UART sends whether anyone listens or not: with nobody reading the pty, the
+            # console output is dropped instead of stalling the board (it stays in .console).
+            self.board = MicroPythonBoard(self.fsdir, lambda d: self._send(d, wait=1)).start()
             if pending:
                 self.board.write(pending)
         else:

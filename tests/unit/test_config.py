@@ -92,3 +92,56 @@ def test_missing_and_broken_files_give_a_message():
 def test_missing_secrets_file_is_fine():
     cfg, errors = config.load_file("firmware/config.json", "_none_secrets.json")
     assert not any("_none_secrets" in e for e in errors)
+
+
+def _errors_for(text, as_secrets=False):
+    """load_file on a config (or secrets) file holding `text`; never raises."""
+    name = "_t_limits.json"
+    with open(name, "w") as f:
+        f.write(text)
+    try:
+        if as_secrets:
+            return config.load_file("firmware/config.json", name)[1]
+        return config.load_file(name)[1]
+    finally:
+        os.remove(name)
+
+
+def test_oversized_files_are_refused_in_words_before_reading():
+    # A 300 KB file ran the device out of heap (MemoryError traceback) before it was refused.
+    for size in (config.MAX_BYTES + 1, 300000):
+        text = '{"device_name": "' + "x" * (size - 19) + '"}'
+        assert len(text) == size
+        for secrets in (False, True):
+            errors = _errors_for(text, secrets)
+            assert len(errors) >= 1 and "too large for a configuration file" in errors[-1], errors
+    # Just under the limit: read, then judged on its content (device_name is too long).
+    text = '{"device_name": "' + "x" * (config.MAX_BYTES - 40) + '"}'
+    errors = _errors_for(text)
+    assert any(e.startswith("device_name: must be 1 to 64 characters") for e in errors), errors
+
+
+def test_deep_nesting_is_refused_in_words():
+    # Inside the size limit; CPython's json raised RecursionError, MicroPython's dumps overflows.
+    for depth in (config.MAX_DEPTH + 1, 50, 4000):
+        for opener, closer in (("[", "]"), ('{"a":', "}")):
+            body = opener * depth + "1" + closer * depth
+            if len(body) > config.MAX_BYTES - 20:
+                body = opener * (config.MAX_BYTES // (len(opener) + 1) - 10) + "1"  # unclosed too
+            for text in ('{"mqtt": {"port": %s}}' % body, body):
+                for secrets in (False, True):
+                    errors = _errors_for(text, secrets)
+                    assert len(errors) >= 1, text[:40]
+                    assert "nested more than %d deep" % config.MAX_DEPTH in errors[-1], errors
+
+
+def test_nesting_counts_only_outside_strings():
+    # Brackets inside a value (a password, an SSID) are text, not nesting.
+    pw = "[[[[[[{{{{{{\\\"]]"
+    errors = _errors_for('{"wifi": {"ssid": "home", "password": "%s"}, "mqtt": {"host": "h"}}' % pw)
+    assert errors == [], errors
+
+
+def test_a_wrong_type_within_the_depth_limit_names_the_setting():
+    errors = _errors_for('{"wifi": {"ssid": "home"}, "mqtt": {"host": "h", "port": [[1]]}}')
+    assert errors == ["mqtt.port: must be a whole number, got [[1]]"], errors

@@ -285,3 +285,53 @@ def test_decoding_a_normal_reading_allocates_nothing():
         decode(view, out)
         grown = heap_probe.allocated(lambda: decode(view, out), 50)
         assert grown < 200, "%d bytes allocated by 50 decodes of a %s reading" % (grown, out.format)
+
+
+def _zcl_total(value, type_id=0x25, size=6, mult=1, div=1000):
+    """A ZCL reading whose import is `value` in `size` bytes of `type_id` (two's complement)."""
+    import mgm_payloads
+    raw = value & ((1 << (8 * size)) - 1)
+    return (bytes((0x18, 1, 0x01)) + mgm_payloads.zcl_record(0x0000, type_id, raw, size)
+            + mgm_payloads.zcl_record(0x0301, 0x22, mult, 3) + mgm_payloads.zcl_record(0x0302, 0x22, div, 3))
+
+
+def test_totals_are_pairs_of_small_ints_equal_to_the_formula_over_the_uint48_range():
+    # Wh = raw * multiplier * 1000 / divisor (truncated), kept as hi * 10**9 + lo so that no value
+    # on the ESP32 exceeds its 31-bit small ints (tests/test_32bit.py measures that).
+    top = (1 << 48) - 2
+    values = [1, 999, 1000, 999999999, 1000000000, (1 << 30) - 1, 1 << 30, (1 << 31) + 5, 1 << 32,
+              10 ** 12 + 7, 1 << 47, top]
+    x = 12345
+    for _ in range(20):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        values.append((x << 17 | x) % top + 1)
+    for div in (1, 7, 10, 100, 1000, 3600, 10000, 0xFFFFFE):  # 0xFFFFFF is "no value"
+        for mult in (1, 3, 10):
+            for v in values:
+                r = decode(_zcl_total(v, mult=mult, div=div))
+                want = v * mult * 1000 // div
+                assert r.imp_lo < 10 ** 9 and -(1 << 30) < r.imp_hi < (1 << 30)
+                if want // 10 ** 9 >= decoders.MAX_HI:  # beyond 10**18 Wh: no meter, clipped
+                    assert r.imp_hi == decoders.MAX_HI, (v, mult, div)
+                    continue
+                assert (r.imp_hi, r.imp_lo) == (want // 10 ** 9, want % 10 ** 9), (v, mult, div)
+                assert r.import_wh == want
+
+
+def test_zcl_no_value_marker_and_sign_are_read_from_the_bytes():
+    assert "'no value' marker" in error_of(_zcl_total((1 << 48) - 1))  # uint48 all ones
+    assert "'no value' marker" in error_of(_zcl_total(-(1 << 47), type_id=0x2D))  # int48 80 00..00
+    assert decode(_zcl_total(-5000, type_id=0x2D)).import_wh == -5000
+    assert decode(_zcl_total(-5001, type_id=0x2D, div=10000)).import_wh == -500  # toward zero
+    assert decode(_zcl_total(-10 ** 13 - 1, type_id=0x2D)).import_wh == -10 ** 13 - 1
+    assert decode(_zcl_total(10 ** 15, type_id=0x27, size=8)).import_wh == 10 ** 15  # uint64
+    assert "'no value' marker" in error_of(_zcl_total((1 << 64) - 1, type_id=0x27, size=8))
+    assert decode(_zcl_total((1 << 48) - 2)).import_wh == (1 << 48) - 2  # one below: a value
+    assert decode(_zcl_total(1234, type_id=0x23, size=4)).import_wh == 1234  # uint32
+
+
+def test_v2_energy_with_any_divisor_and_the_meter_clock():
+    for div, want in ((1000, 123456), (1, 123456000), (7, 123456 * 1000 // 7), (10000, 12345)):
+        r = decode(v2_payload(123456, 1500, divisor=div, meter_ms=0xFEDCBA98))
+        assert r.net_wh == want and (r.net_hi, r.net_lo) == (want // 10 ** 9, want % 10 ** 9), div
+        assert r.meter_ms == 0xFEDCBA98

@@ -24,8 +24,10 @@ class Rec:
         assert isinstance(payload, memoryview)
         self.frames.append((cmd, bytes(payload)))
 
-    def on_log(self, text):
-        self.logs.append(text)
+    def on_log(self, buf, start, end):
+        # The line is handed out in the parser's own buffer (no str per line): copy it to keep it.
+        assert buf is self.p.line and 0 <= start < end <= LINE_MAX
+        self.logs.append(str(bytes(buf[start:end]), "ascii"))
 
     def feed(self, data, step=None):
         if step is None:
@@ -253,3 +255,59 @@ def test_lying_length_without_a_pause_loses_none_of_the_frames_it_swallowed():
     r = Rec().feed(liar + MAC + ZCL + V2 + VER, step=11)
     assert r.frames == [parsed(MAC), parsed(ZCL), parsed(V2), parsed(VER)]
     assert r.p.bad_terminator == 1 and r.p.truncated == 0
+
+
+def test_a_verbose_modules_received_message_line_comes_whole():
+    # protocol.md's example line, and one with a 64-byte payload: both fit LINE_MAX.
+    from mgm_lines import rx_line
+    short = rx_line(0x0702, zcl_payload(0xB7, 318458, None, 1, 1000, 440))
+    long = rx_line(0x0702, bytes([0x18, 0x01, 0x01]) + bytes(range(64)))
+    assert len(long) <= LINE_MAX
+    r = Rec().feed((short + "\r\n" + long + "\r\n").encode() + VER, step=7)
+    assert r.logs == [short, long]
+    assert r.frames == [parsed(VER)]
+
+
+def test_a_frame_in_the_middle_of_a_log_line_leaves_the_line_whole():
+    # The module may print an answer in the middle of a log line: frame and line both survive,
+    # whatever the chunking, and a '$' in the text stays text.
+    line = b"T0000ABCD:RX len 5, ep 01, clus 0x0702 ($ 01 price) FC 18 seq 24 cmd 01 payload[00 01 ]"
+    for cut in (1, 9, 40, 50, len(line) - 1):
+        data = line[:cut] + ZCL + line[cut:] + b"\r\n" + MAC
+        for step in (1, 5, 64):
+            r = Rec().feed(data, step=step)
+            assert r.frames == [parsed(ZCL), parsed(MAC)], (cut, step)
+            assert r.logs == [line.decode()], (cut, step, r.logs)
+            assert r.p.garbage_bytes == 0
+
+
+def test_no_allocation_per_log_line():
+    # Log lines are handed out in the parser's own buffer: a verbose module's lines (short, long,
+    # overlong, cut by frames) cost no heap (MicroPython only; CPython has no gc.mem_alloc).
+    if not heap_probe.MEASURABLE:
+        return
+    count = [0, 0]
+
+    def on_frame(cmd, payload):
+        count[0] += 1
+
+    def on_log(buf, start, end):
+        count[1] += 1
+
+    p = FrameParser(on_frame, on_log)
+    data = (b"-- Got Meter Rsp, len=37\r\n" + b"x" * 250 + b"\r\n" + b"y" * (LINE_MAX + 40) + b"\r\n"
+            + b"half a line " + ZCL + b"and its rest\r\n" + b"$ 01 in text\r\n")
+    p.feed(data)
+    p.feed(data)
+    grown = heap_probe.allocated(lambda: p.feed(data), 50)
+    assert count == [52, 52 * 5]
+    assert grown == 0, "parser allocated %d bytes for 250 log lines" % grown
+
+
+def test_only_the_documented_commands_are_allowed_on_the_wire():
+    for ok in (b"$r\r", b"$j\r", b"$m\r", b"$i\r", b"$f\r", b"\r", b"loglevel 10\r",
+               b"loglevel 20\r", bytearray(b"$r\r"), mgm_uart.loglevel_request(20)):
+        assert mgm_uart.allowed(ok), ok
+    for bad in (b"$d\r", b"leave\r", b"reset\r", b"printKeys\r", b"loglevel 30\r", b"$r",
+                b"$r\r$d\r", b"loglevel 20", b"", b"\r\r", b"keys print\r", request(0x64)):
+        assert not mgm_uart.allowed(bad), bad
