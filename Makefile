@@ -8,7 +8,7 @@ UMQTT = build/lib/umqtt/simple.py
 STAMP = build/.deps-$(shell cat requirements-dev.txt | cksum | cut -d' ' -f1)
 MP32 = node_modules/.package-lock.json
 
-.PHONY: deps test sim bench flash backup restore deploy config console decode clean
+.PHONY: deps test sim bench flash backup restore deploy config console decode clean ota ota-key
 
 deps: $(STAMP) $(UMQTT) $(MP32)
 	@command -v mosquitto >/dev/null || command -v /usr/sbin/mosquitto >/dev/null || { \
@@ -39,7 +39,7 @@ test: deps
 	$(PY) -m pytest -q tests
 
 sim: deps
-	$(PY) tools/run_sim.py --mqtt-port $(MQTT_PORT) --version $(VERSION)
+	$(PY) sim/run_sim.py --mqtt-port $(MQTT_PORT) --version $(VERSION)
 
 bench: deps
 	$(PY) bench/run.py
@@ -49,6 +49,13 @@ decode:
 
 flash backup restore deploy config console: deps
 	$(PY) tools/flash.py $@ $(FLASH_ARGS)
+
+# Updates over the air (tools/ota.py): publish the app to the broker; INSTALL=1 also installs it.
+ota: deps
+	$(PY) tools/ota.py publish $(if $(INSTALL),--install) $(OTA_ARGS)
+
+ota-key:
+	$(PY) tools/ota.py keygen
 
 clean:
 	rm -rf build node_modules .pytest_cache .hypothesis

@@ -1,7 +1,7 @@
 # bench/mpy_cycle.py under the 32-bit MicroPython (bench/mp32.mjs): the same figures. Only here:
 # that port collects garbage only when control is back in JavaScript, so a full collection is
 # gc.collect() followed by an await (this file's top-level awaits need mp32.mjs).
-# Usage: node bench/mp32.mjs --lib <app .mpy> --lib tools/heap_probe.py --lib tools/null_board.py
+# Usage: node bench/mp32.mjs --lib <app .mpy> --lib sim/heap_probe.py --lib sim/null_board.py
 #        --lib bench/mpy_cycle.py --file FRAME.hex bench/mp32_cycle.py <name> FRAME.hex
 import asyncio
 import gc

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for d in ("tools", "tests"):
+for d in ("sim", "tests"):
     sys.path.insert(0, os.path.join(ROOT, d))
 import net_faults  # noqa: E402
 import sim_env  # noqa: E402

@@ -4,8 +4,11 @@ bench/mp32.mjs: 4-byte pointers and 31-bit small ints, as on the ESP32).
 
 Prints a table and writes bench/results.md (committed, with machine and date, so a change that
 makes things worse shows in the diff). Takes a few minutes; not part of `make test`.
-MICROPYTHON=/path/to/micropython picks the unix-port binary (tools/sim_env.micropython).
+`python3 bench/run.py --soak-only [--heaps 112K,120K]` runs only the smallest-heap bisection of the
+soak (plain and TLS) and prints its rows, writing nothing.
+MICROPYTHON=/path/to/micropython picks the unix-port binary (sim/sim_env.micropython).
 """
+import argparse
 import binascii
 import datetime
 import glob
@@ -20,19 +23,20 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "sim"))
 sys.path.insert(1, os.path.join(ROOT, "tests"))
 import mgm_payloads  # noqa: E402
 import sim_env  # noqa: E402
 
 MICROPYTHON = sim_env.micropython()
-TOOLS = os.path.join(ROOT, "tools")
+SIM = os.path.join(ROOT, "sim")
 CYCLE = os.path.join(ROOT, "bench", "mpy_cycle.py")
 CYCLE32 = os.path.join(ROOT, "bench", "mp32_cycle.py")
 MP32 = os.path.join(ROOT, "bench", "mp32.mjs")
 SOAK_POLLS = int(os.environ.get("BENCH_SOAK_POLLS", "2000"))
 # Ascending: the first that passes is the smallest. 8 KB steps around where the 64-bit port lands.
-HEAPS = ["64K", "72K", "80K", "88K", "96K", "104K", "112K", "120K", "128K", "144K", "160K", "192K", "256K"]
+HEAPS = ["64K", "72K", "80K", "88K", "96K", "104K", "112K", "120K", "128K", "136K", "144K", "152K", "160K", "192K",
+         "256K"]
 HEAP_TARGET = "88K"  # the soak on the 64-bit port; about 60K on the ESP32's 32-bit port (issue 10)
 TLS_HEAP = "128K"  # free heap with and without TLS is compared at this heap (tests/test_soak.py's), or more
 
@@ -57,13 +61,13 @@ def run_cycle(name, frame, tmp, mpy_dir):
         f.write(binascii.hexlify(frame).decode())
     # A big heap: allocation is counted with the collector off, nothing may run out meanwhile.
     mpy = subprocess.run([MICROPYTHON, "-X", "heapsize=4M", CYCLE, name, path], capture_output=True, text=True,
-                         env=dict(os.environ, MICROPYPATH=os.pathsep.join([mpy_dir, TOOLS, ".frozen"])),
+                         env=dict(os.environ, MICROPYPATH=os.pathsep.join([mpy_dir, SIM, ".frozen"])),
                          timeout=300, cwd=tmp)
-    m32 = mp32(["--lib", mpy_dir, "--lib", os.path.join(TOOLS, "heap_probe.py"),
-                "--lib", os.path.join(TOOLS, "null_board.py"), "--lib", CYCLE, "--file", path, CYCLE32, name, path])
+    m32 = mp32(["--lib", mpy_dir, "--lib", os.path.join(SIM, "heap_probe.py"),
+                "--lib", os.path.join(SIM, "null_board.py"), "--lib", CYCLE, "--file", path, CYCLE32, name, path])
     cpy = subprocess.run([sys.executable, CYCLE, name, path], capture_output=True, text=True, timeout=300, cwd=tmp,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                             [os.path.join(ROOT, d) for d in ("firmware", "tools", "build/lib")])))
+                             [os.path.join(ROOT, d) for d in ("firmware", "sim", "build/lib")])))
     for p in (mpy, m32, cpy):
         if p.returncode != 0:
             sys.exit("bench/mpy_cycle.py failed (%s):\n%s%s" % (" ".join(p.args[:2]), p.stdout, p.stderr))
@@ -265,7 +269,43 @@ def pair(a, b, fmt="%g"):
     return " / ".join("-" if v is None else fmt % v for v in (a, b))
 
 
+def bisect(out, heaps):
+    """The soak at each heap (ascending) until one passes, plain and then with TLS; a table row per
+    run through out(). -> ({False: smallest plain heap, True: with TLS}, longest step of the plain pass)."""
+    smallest = {}
+    soak_step = None
+    for tls in (False, True):
+        # With TLS, start where the plain run passed: TLS cannot need less.
+        start = heaps.index(smallest[False]) if tls and smallest.get(False) else 0
+        smallest[tls] = None
+        for heap in heaps[start:]:
+            ok, stats, diag, why, secs = soak(heap, tls)
+            row = "| %s | %s | %s | %s | %s | %.0f |" % (
+                "TLS" if tls else "plain", heap, "pass" if ok else "FAIL: " + why.replace("|", "/"),
+                longest(stats) if stats else diag.get("max_step_ms", "-"), diag.get("free_mem", "-"), secs)
+            out(row)
+            print(row, flush=True)
+            if ok:
+                smallest[tls] = heap
+                if not tls:
+                    soak_step = longest(stats)
+                break  # heaps are ascending: the first that passes is the smallest
+    return smallest, soak_step
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--soak-only", action="store_true",
+                    help="only the smallest-heap bisection of the soak (plain and TLS); writes nothing")
+    ap.add_argument("--heaps", help="comma-separated -X heapsize values to try, ascending (default: %s)"
+                    % ",".join(HEAPS))
+    args = ap.parse_args()
+    heaps = args.heaps.split(",") if args.heaps else HEAPS
+    if args.soak_only:
+        print("| MQTT | -X heapsize | result | longest step ms | free heap at end (after gc) | seconds |")
+        smallest, _ = bisect(lambda row: None, heaps)
+        print("smallest heap that passes: %s plain, %s with TLS" % (smallest[False], smallest[True]))
+        return
     t0 = time.time()
     lines = []
     out = lines.append
@@ -340,27 +380,11 @@ def main():
     out("")
     out("| MQTT | -X heapsize | result | longest step ms | free heap at end (after gc) | seconds |")
     out("|---|---|---|---|---|---|")
-    smallest = {}
-    soak_step = None
-    for tls in (False, True):
-        # With TLS, start where the plain run passed: TLS cannot need less.
-        start = HEAPS.index(smallest[False]) if tls and smallest.get(False) else 0
-        smallest[tls] = None
-        for heap in HEAPS[start:]:
-            ok, stats, diag, why, secs = soak(heap, tls)
-            out("| %s | %s | %s | %s | %s | %.0f |" % (
-                "TLS" if tls else "plain", heap, "pass" if ok else "FAIL: " + why.replace("|", "/"),
-                longest(stats) if stats else diag.get("max_step_ms", "-"), diag.get("free_mem", "-"), secs))
-            print(lines[-1])
-            if ok:
-                smallest[tls] = heap
-                if not tls:
-                    soak_step = longest(stats)
-                break  # heaps are ascending: the first that passes is the smallest
+    smallest, soak_step = bisect(out, heaps)
     out("")
     # Compared where both fit: TLS_HEAP, or the smallest heap the TLS soak passed at if larger.
-    fits = smallest[True] or smallest[False] or HEAPS[-1]
-    cmp_heap = fits if HEAPS.index(fits) > HEAPS.index(TLS_HEAP) else TLS_HEAP
+    fits = smallest[True] or smallest[False] or heaps[-1]
+    cmp_heap = fits if int(fits[:-1]) > int(TLS_HEAP[:-1]) else TLS_HEAP
     free = tls_free_heap(cmp_heap, mpy)
     cost = free[False] - free[True] if None not in free.values() else None
     out("Smallest heap that passes: %s plain, %s with MQTT over TLS (target %s on this 64-bit port, about 60K "
@@ -368,15 +392,20 @@ def main():
         "plain, %s with TLS: TLS costs %s bytes of MicroPython heap. mbedtls's own buffers are not in the "
         "MicroPython heap on the unix port (a handshake moves it by ~4 KB), nor on the ESP32, where they come "
         "from the ESP-IDF heap beside it." % (
-            smallest[False] or "none of " + ", ".join(HEAPS), smallest[True] or "none of the heaps tried",
+            smallest[False] or "none of " + ", ".join(heaps), smallest[True] or "none of the heaps tried",
             HEAP_TARGET, cmp_heap, free[False], free[True], "-" if cost is None else cost))
+    out("")
+    out("Heap in use with the app running (the same plain run: -X heapsize minus that free heap), 64-bit: %s "
+        "bytes; the smallest heap that passes is this plus the largest transient (an announcement step, a "
+        "connect, an import) plus what fragmentation costs." % (
+            "-" if free[False] is None else int(cmp_heap[:-1]) * 1024 - free[False]))
     verdicts.append(("soak passes at <= %s (64-bit unix port)" % HEAP_TARGET,
                      smallest[False] is not None and int(smallest[False][:-1]) <= int(HEAP_TARGET[:-1])))
     verdicts.append(("soak with MQTT over TLS passes at <= %s (64-bit unix port)" % HEAP_TARGET,
                      smallest[True] is not None and int(smallest[True][:-1]) <= int(HEAP_TARGET[:-1])))
     verdicts.append(("longest step during the soak < 20 ms", soak_step is not None and soak_step < 20))
     out("")
-    heap = smallest[False] or HEAPS[-1]
+    heap = smallest[False] or heaps[-1]
     before, after, ok, tail = broker_restart(heap)
     out("Broker restarts (mosquitto stopped for 3 s, 3 times, heap %s): %s; longest step %s ms before the "
         "first restart, %s ms over the whole run." % (heap, "reconnected each time" if ok else

@@ -11,6 +11,7 @@ try:
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 
+import loader
 import log
 import meter
 from mgm_link import Link
@@ -25,6 +26,7 @@ DIAG_EVERY_S = 60
 RX_LINES_PER_MIN = 30  # MGM received-message lines published on <base>/debug/rx
 ANNOUNCE_WAIT_S = 60  # announce without the MGM's version and MAC if it has not answered by then
 CRASH_CLEAR_MS = 600000  # this long without a crash resets main.py's crash counter
+PROBATION_S = 300  # an update must connect to MQTT and hear the MGM111 by then, or it is rolled back
 
 
 def _remove(path):
@@ -51,6 +53,7 @@ class App:
         self.board = board
         uid = board.unique_id()
         self.node_id = "vue_utility_" + uid
+        self.version = loader.version or VERSION  # a slot's manifest names what was installed
         m = cfg["mqtt"]
         self.base = m["base_topic"] or ("vue_utility/" + uid)
         self.prefix = m["discovery_prefix"]
@@ -233,6 +236,8 @@ class App:
     async def on_connect(self, mq):
         mq.subscribe(self.base + "/cmd/+")
         mq.subscribe(self.prefix + "/status")
+        mq.subscribe(self.base + "/ota/release")  # retained: the release on the broker, if any
+        self.ota_dirty = True
         self.discovery_due = True
         self.diag_due = True
         if not self.restore_done:
@@ -255,12 +260,19 @@ class App:
             self.state_dirty = True  # flash gets the record we continue from
         self._publish_totals()
 
-    # Commands from HA: a button press or a setting; never a retained message, never a flood.
-    REJOIN_EVERY_MS = 60000  # a re-join disturbs the meter's Zigbee link: at most one a minute
-    SETTINGS_SAVE_MS = 10000  # settings reach flash at most this often (a flood must not wear it)
+    # Commands from HA (commands.py) keep their state here: the last re-join, the last settings save,
+    # command topics whose retained message was removed (their empty echo is no command).
     _rejoin_ms = None
     _settings_saved_ms = None
-    _clearing = ()  # command topics whose retained message we removed: their empty echo is no command
+    _clearing = ()
+    # Updates over the air (ota.py, imported only while needed): the release on the broker (checked),
+    # the install running, what the update entity says; ota_dirty: <base>/ota/state is due.
+    ota_release = None
+    ota_start = None  # the release to install, from the next housekeeping step
+    ota_job = None
+    ota_pct = None
+    ota_note = ""
+    ota_dirty = True
 
     def on_message(self, topic, msg, retain=False):
         base = self.base
@@ -288,116 +300,53 @@ class App:
                     self.mqtt.publish(self.t_power, str(self.last_power))
                 self._publish_totals()
             return
+        if topic.startswith(base + "/ota/"):
+            if topic == base + "/ota/release":
+                self._ota().on_release(self, msg)
+            elif self.ota_job is not None:
+                self.ota_job.got = msg if topic == self.ota_job.want else self.ota_job.got
+            return
         if not topic.startswith(base + "/cmd/"):
             return
-        cmd = topic[len(base) + 5:]
-        if retain:
-            return self._retained_command(topic, cmd, msg)
-        if not msg and topic in self._clearing:
-            self._clearing = tuple(t for t in self._clearing if t != topic)
-            return
-        text = self._cmd_text(msg)
-        if cmd == "rejoin" or cmd == "restart":
-            if text != "PRESS":
-                return self._refuse(cmd, msg, "expected PRESS (what Home Assistant's button sends)")
-            now = _ms()
-            if cmd == "restart":
-                if self.restart_at is not None:
-                    return self._refuse(cmd, msg, "a restart is already under way")
-                log.info("command: restart")
-                self.restart_at = time.ticks_add(now, 1000)
-                return
-            last = self._rejoin_ms
-            if last is not None and 0 <= time.ticks_diff(now, last) < self.REJOIN_EVERY_MS:
-                return self._refuse(cmd, msg, "too soon: at most one re-join a minute (the last was %d s ago)"
-                                    % (time.ticks_diff(now, last) // 1000))
-            self._rejoin_ms = now
-            log.info("command: re-join the meter")
-            self.meter.rejoin_requested = True
-        elif cmd == "poll_interval":
-            v = self._whole(text, 5, 300)
-            if v is None:
-                return self._refuse(cmd, msg, "expected a whole number of seconds from 5 to 300")
-            log.info("command: poll interval %d s" % v)
-            if v != self.meter.poll_s:
-                self.meter.poll_s = v
-                self._settings_changed()
-        elif cmd == "raw_frames":
-            if text not in ("ON", "OFF"):
-                return self._refuse(cmd, msg, "expected ON or OFF")
-            log.info("command: raw frames %s" % text)
-            if self.raw_frames != (text == "ON"):
-                self.raw_frames = text == "ON"
-                self._settings_changed()
-        elif cmd == "mgm_log":
-            if text not in ("ON", "OFF"):
-                return self._refuse(cmd, msg, "expected ON or OFF")
-            log.info("command: MGM log %s" % text)
-            if self.meter.mgm_log != (text == "ON"):
-                self.meter.set_mgm_log(text == "ON")
-                self._settings_changed()
-        else:
-            self._refuse(cmd, msg, "unknown command: expected one of rejoin, restart, poll_interval, raw_frames, "
-                                   "mgm_log")
+        # Commands are rare: their code is in memory only while they come (the next housekeeping
+        # step drops it). No room for it now: mqtt.py says the message was not handled.
+        if "commands" not in sys.modules:
+            gc.collect()  # its code goes into the holes garbage leaves, not on top of them
+        import commands
+        commands.handle(self, topic, topic[len(base) + 5:], msg, retain)
 
-    def _retained_command(self, topic, cmd, msg):
-        if not msg:
-            return  # an empty retained message deletes one: nothing to do
-        self._refuse(cmd, msg, "it is a retained message (published with retain, e.g. mosquitto_pub -r or an "
-                               "automation): commands act only when sent, never at connect; removed it from the broker")
-        # Else it comes back at every connect. Its deletion reaches us as an empty message: no command.
-        self.mqtt.publish(topic, "", True)
-        self._clearing = self._clearing[-7:] + (topic,)
+    def _ota(self):
+        if "ota" not in sys.modules:
+            gc.collect()  # its code goes into the holes garbage leaves, not on top of them
+        import ota
+        return ota
 
-    def _settings_changed(self):
-        self.diag_due = True
-        now = _ms()
-        last = self._settings_saved_ms
-        if last is None or not 0 <= time.ticks_diff(now, last) < self.SETTINGS_SAVE_MS:
-            self._settings_saved_ms = now
-            self._save_state()
-        else:
-            self.state_dirty = True  # in effect now; on flash with the next periodic save or at shutdown
+    def _start_install(self):
+        rel, self.ota_start = self.ota_start, None
+        gc.collect()
+        import ota_job  # the install's code: in memory only while an install runs
+        self.ota_job = job = ota_job.Job(self, rel)
+        self.ota_dirty = True
+        asyncio.create_task(job.run())
 
-    @staticmethod
-    def _cmd_text(msg):
-        """A command payload as text, or None: commands are short words and numbers."""
-        if len(msg) > 32:
-            return None
-        try:
-            return bytes(msg).decode()
-        except UnicodeError:
-            return None
-
-    @staticmethod
-    def _whole(text, lo, hi):
-        """A whole number from lo to hi ("60", or "60.0" as some senders write it), else None:
-        never float() (inf, nan, 1e999) and never int() of an unbounded string."""
-        if text is None:
-            return None
-        t = text.strip()
-        dot = t.find(".")
-        if dot >= 0:
-            if t[dot + 1:].strip("0"):
-                return None
-            t = t[:dot]
-        if not 0 < len(t) <= 3:
-            return None
-        for ch in t:
-            if ch not in "0123456789":
-                return None
-        v = int(t)
-        return v if lo <= v <= hi else None
-
-    def _refuse(self, cmd, msg, why):
-        # Shown short and escaped (a payload is anyone's bytes); logged rate-limited, always counted.
-        shown = "<%d bytes>" % len(msg)
-        if len(msg) <= 40:
-            try:
-                shown = repr(bytes(msg).decode())
-            except UnicodeError:
-                shown = "<%d bytes, not text>" % len(msg)
-        self.mqtt.refused("refused command %s=%s: %s" % (cmd if len(cmd) <= 40 else cmd[:40] + "...", shown, why))
+    def _probation(self):
+        """The first minutes of an app installed over the air (loader.trial): healthy = connected
+        to MQTT and the MGM111 answers; then it stays. Not by PROBATION_S: the previous app."""
+        mq = self.mqtt
+        if mq.connected and self.meter.identified:
+            import probation
+            probation.confirm()
+            sys.modules.pop("probation", None)
+            self.ota_note = ""
+            self.ota_dirty = True
+            log.info("update: version %s is healthy (MQTT connected, the MGM111 answers): it stays"
+                     % self.version)
+        elif time.ticks_diff(_ms(), self.start_ms) > PROBATION_S * 1000 // self.cfg["debug"]["time_scale"]:
+            what = "no MQTT connection" if not mq.connected else "no answer from the MGM111"
+            import probation
+            probation.rollback("%s within %d minutes of its first boot" % (what, PROBATION_S // 60))
+            self.shutdown()
+            self.board.reset()
 
     def _diag(self):
         gc.collect()  # free memory means what survives a collection, not what garbage hides
@@ -468,20 +417,47 @@ class App:
         return None
 
     def _discovery(self, only, dev):
-        # Imported for the announcement only (HA start, new entity): its table would otherwise
-        # hold several KB of heap for the device's whole life.
-        import discovery
+        # One entity per step, and no more of the discovery code in memory than the step needs:
+        # the row (discovery_rows.py) and then the payload code (discovery.py) are imported and
+        # dropped again, each after a collection, so that they go into the holes garbage leaves.
+        # Together, or kept for the whole announcement (whose steps may wait seconds for a busy
+        # outbox), they were the device's heap peak. The payload goes out in pieces (Mqtt.Parts).
         exp = self._expire_after()
         export = "export" in self.has
         self.announced_dev, self.announced_exp, self.announced_export = dev, exp, export
-        dj = discovery.device_json(self.node_id, self.cfg["device_name"], VERSION, dev[0], dev[1], dev[2])
-        org = discovery.origin_json(VERSION)
-        for e in discovery.entities(export, getattr(discovery, only) if only else 0):
-            self.mqtt.publish(discovery.config_topic(self.prefix, self.node_id, e),
-                              discovery.payload(e, self.base, self.node_id, dj, exp, org), True)
-            yield
-        del discovery
-        sys.modules.pop("discovery", None)
+        k = 0
+        said = False
+        while True:
+            t = None
+            try:
+                gc.collect()
+                import discovery_rows
+                row = discovery_rows.pick(export, only, k)
+                discovery_rows = None
+                sys.modules.pop("discovery_rows", None)
+                if row is None:
+                    return
+                gc.collect()
+                import discovery
+                e = discovery.parse(row)
+                t = discovery.config_topic(self.prefix, self.node_id, e)
+                dj = discovery.device_json(self.node_id, self.cfg["device_name"], self.version, dev[0], dev[1], dev[2])
+                self.mqtt.publish_parts(t, discovery.parts(e, self.base, self.node_id, dj, exp,
+                                                           discovery.origin_json(self.version)), True)
+                k += 1
+            except MemoryError:
+                # No room for this step now (a fragmented heap): it is tried again at the next
+                # step. Never a restart of the firmware for an announcement.
+                if not said:
+                    said = True
+                    log.warn("not enough free memory to announce entity %d to Home Assistant now; "
+                             "retrying" % (k + 1))
+                t = None
+            discovery_rows = discovery = None
+            sys.modules.pop("discovery_rows", None)
+            sys.modules.pop("discovery", None)
+            row = e = dj = None
+            yield t
 
     # --- tasks ---
     async def _link_task(self):
@@ -505,6 +481,7 @@ class App:
         last_diag = _ms()
         last_save = _ms()
         announcing = None
+        waiting = None  # the last discovery topic queued
         crash_log = True
         while True:
             wdt.feed()
@@ -516,21 +493,44 @@ class App:
                     what = self._announcement()
                     if what is not None:
                         announcing = self._discovery(*what)
-                if announcing is not None and len(mq.outbox) < 4:
-                    # One entity per step (a burst of 20 would block the loop), and only while
-                    # little is queued: ~0.5 KB each, all 20 waiting at once could exhaust the heap.
+                if announcing is not None and len(mq.outbox) < 4 and waiting not in mq.outbox:
+                    # One entity per step (a burst of 20 would block the loop), only while little
+                    # is queued, and once the last one is sent: ~0.7 KB each, the heap's peak.
                     try:
-                        next(announcing)
+                        waiting = next(announcing)
                     except StopIteration:
                         announcing = None
                         self.diag_due = True
-                if self.diag_due or time.ticks_diff(_ms(), last_diag) >= self.diag_every_ms:
+                if self.ota_dirty and announcing is None:
+                    self.ota_dirty = False
+                    job = self.ota_job
+                    if job is not None:
+                        mq.publish(self.base + "/ota/state", job.state_json(), True)
+                        mq.publish(self.base + "/ota/device", job.device_json(), True)
+                    else:
+                        ota = self._ota()
+                        mq.publish(self.base + "/ota/state", ota.state_json(self), True)
+                        mq.publish(self.base + "/ota/device", ota.device_json(self), True)
+                        ota = job = None
+                # Not while an install runs (its state goes out instead): the diag is ~1 KB, and the
+                # install's modules and manifest are the heap's peak then.
+                if self.ota_job is None and (
+                        self.diag_due or time.ticks_diff(_ms(), last_diag) >= self.diag_every_ms):
                     self.diag_due = False
                     last_diag = _ms()
                     mq.publish(self.base + "/diag", self._diag(), True)
             if self.state_dirty and time.ticks_diff(_ms(), last_save) >= STATE_SAVE_S * 1000:
                 last_save = _ms()
                 self._save_state()
+            sys.modules.pop("commands", None)  # imported by on_message while commands come
+            sys.modules.pop("ota", None)  # imported while a release is checked or the state published
+            if self.ota_job is None:
+                sys.modules.pop("ota_job", None)  # imported while an install runs
+                sys.modules.pop("probation", None)
+                if self.ota_start is not None:
+                    self._start_install()
+            if loader.trial is not None:
+                self._probation()
             if crash_log and time.ticks_diff(_ms(), self.start_ms) > CRASH_CLEAR_MS:
                 crash_log = False
                 _remove("crash.log")
@@ -549,9 +549,7 @@ class App:
             self._save_state()
         if self.mqtt.connected:
             try:
-                self.mqtt.flush(10)
-                self.mqtt.client.publish(self.base + "/status", "offline", True)
-                self.mqtt.client.disconnect()
+                self.mqtt.disconnect()  # queued values, "offline", DISCONNECT
             except OSError:
                 pass
 
@@ -560,7 +558,10 @@ class App:
         self.wifi.start()
         wdt = self.board.Watchdog(max(5000, 30000 // self.cfg["debug"]["time_scale"]))  # 30 s on the device
         log.info("vue-utility %s on %s, device %s, MQTT base topic %s" % (
-            VERSION, self.board.NAME, self.node_id, self.base))
+            self.version, self.board.NAME, self.node_id, self.base))
+        f = loader.failed
+        if f and loader.trial is None:
+            log.warn("the update to version %s was rolled back: %s" % (f.get("version"), f.get("why")))
         # gather, not loose tasks: an exception in any of them (a bug, a MemoryError) reaches
         # main.py, which logs it and restarts, instead of leaving the device half-alive.
         await asyncio.gather(self._step_monitor(), self._link_task(), self.mqtt.run(self.wifi.connected),

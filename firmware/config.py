@@ -9,7 +9,7 @@ import os
 MAX_BYTES = 8192
 MAX_DEPTH = 4
 
-SECRET_KEYS = (("wifi", "password"), ("mqtt", "password"))
+SECRET_KEYS = (("wifi", "password"), ("mqtt", "password"), ("ota", "key"))
 
 # name: (default, kind, lo, hi). kind: 'int', 'bool', 'str', 'str?' (string or null).
 SCHEMA = {
@@ -57,6 +57,11 @@ SCHEMA = {
         "power": (25, "int", -1, 39),  # -1: no LED
         "link": (32, "int", -1, 39),
         "wifi": (33, "int", -1, 39),
+    },
+    "ota": {
+        # Updates over the air (tools/ota.py): 32 bytes as 64 hex digits, shared with the user's
+        # computer; a release is installed only when signed with it. In secrets.json; none: OTA off.
+        "key": (None, "str?", 64, 64),
     },
     "debug": {
         "raw_frames": (False, "bool", 0, 0),  # publish every raw reading payload (reverse engineering)
@@ -138,11 +143,21 @@ def validate(cfg, board="esp32"):
         errors.append("wifi.ssid: required (the name of your Wi-Fi network)")
     if board == "unix" and not cfg["uart"]["device"]:
         errors.append("uart.device: required on the unix port (the simulated MGM111's pty)")
+    key = cfg["ota"]["key"]
+    if key and not _hex(key):
+        errors.append("ota.key: must be 64 hex digits (make ota-key writes one)")
     for topic in ("base_topic", "discovery_prefix"):
         t = cfg["mqtt"][topic]
         if t and ("#" in t or "+" in t or t.startswith("/") or t.endswith("/")):
             errors.append("mqtt.%s: no '#', '+' or leading/trailing '/' allowed" % topic)
     return errors
+
+
+def _hex(text):
+    for c in text:
+        if c not in "0123456789abcdefABCDEF":
+            return False
+    return True
 
 
 def _depth(text):

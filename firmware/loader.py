@@ -5,6 +5,9 @@
 # then switch app.json with one atomic rename, so the app that boots is always a whole set of
 # files. This module picks the slot, keeps the watchdog fed whenever no app runs (the REPL must
 # stay usable: the ESP32's watchdog cannot be stopped) and applies the crash policy.
+# An app installed over the air boots on probation (app.json: "trial", probation.py): a crash
+# here, or any restart before it confirms itself healthy, brings the previous slot back. This file
+# and probation.py are never replaced over the air: the way back does not depend on the code tried.
 import json
 import os
 import sys
@@ -19,6 +22,8 @@ GAVE_UP = 4
 
 slot = None  # the slot booted: "app_a"/"app_b", "" (modules from sys.path as found), None (no app)
 version = None
+trial = None  # while the booted app is on probation: {"from": the slot to go back to, "boots": 1}
+failed = None  # the last update rolled back: {"version": ..., "why": words}, until the next one
 _board = None
 _booted = False
 
@@ -95,9 +100,12 @@ def boot():
         return _board
     _booted = True
     try:
+        _probation()
         slot, notes = choose()
     except Exception as e:  # a damaged filesystem: say so, start nothing
         slot, notes = None, ["cannot read the filesystem: %s" % e]
+    if trial is not None and slot != trial.get("slot"):
+        globals()["trial"] = None  # the app on probation is not the one booting after all
     for n in notes:
         print("boot: " + n)
     if slot:
@@ -118,6 +126,22 @@ def boot():
         return None
     keep_alive()
     return _board
+
+
+def _probation():
+    # probation.py (beside this file, as stable) is in memory only when it has work: here, when
+    # an update is confirmed or rolled back, and at a crash.
+    try:
+        import probation
+        probation.at_boot()
+        del sys.modules["probation"]
+    except ImportError:  # installed by an older make deploy: no updates over the air yet
+        pass
+
+
+def rollback(why):
+    import probation
+    probation.rollback(why)
 
 
 def keep_alive():
@@ -161,11 +185,14 @@ def main():
         return
     # The slot is chosen: that code goes, its heap is the app's (a fresh import has it again).
     g = globals()
-    for name in ("problem", "choose", "_exists", "_read_json", "boot", "restart"):
+    for name in ("problem", "choose", "boot", "restart", "_probation"):
         del g[name]
     try:
         import start
         if start.run(b) is False:  # the configuration cannot be used: start.safe_mode said why
+            if trial is not None:
+                rollback("its configuration cannot be used (safe mode)")
+                b.reset()
             _prompt("[safe mode: config.json]")
             b.halt(SAFE_MODE)
     except KeyboardInterrupt:
@@ -173,6 +200,9 @@ def main():
         print("Ctrl-D (soft reset) or RESET starts the app again.")
     except Exception as e:
         sys.print_exception(e)
+        if trial is not None:  # an update that crashes is not given the crash policy's 3 tries
+            rollback("it crashed: %r" % (e,))
+            b.reset()
         n = note_crash(e)
         if n < GIVE_UP_AFTER:
             print("crashed: %r; restarting" % e)

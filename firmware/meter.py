@@ -5,6 +5,7 @@
 # mode's code (meter_log.py, decoders/mgm_log.py) is imported only while it is on: heap is scarce
 # and most modules never need it. Log lines with the mode off are judged here (received-message
 # line or not, may it show a secret) and other text goes to the console.
+import gc
 import sys
 import time
 
@@ -12,6 +13,12 @@ try:
     import asyncio
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
 
 import decoders
 import log
@@ -40,11 +47,11 @@ TEXT = {
     "markers or no scale; see Last error): usually weak Zigbee reception, readings resume by themselves",
 }
 
-ANSWER_MS = 1500  # an MGM answer normally takes a few ms
-VERSION_RETRY_S = 3
-REJOIN_FIRST_S = 60
-REJOIN_MAX_S = 3600  # re-joins back off to once an hour: an endless join loop helps nobody
-UART_REINIT_S = 120  # silence this long -> re-create the UART (a stuck peripheral, no reboot)
+_ANSWER_MS = const(1500)  # an MGM answer normally takes a few ms
+_VERSION_RETRY_S = const(3)
+_REJOIN_FIRST_S = const(60)
+_REJOIN_MAX_S = const(3600)  # re-joins back off to once an hour: an endless join loop helps nobody
+_UART_REINIT_S = const(120)  # silence this long -> re-create the UART (a stuck peripheral, no reboot)
 
 # Where readings come from (diagnostics; source_text says it in words).
 SOURCE_NONE = "none"
@@ -52,9 +59,9 @@ SOURCE_R = "r"  # the module's answers to `r` polls
 SOURCE_LOG = "log"  # the module's received-message log lines (MGM log mode)
 SOURCE_BOTH = "r+log (cross-checked)"
 
-LOGLEVEL_ON = 20  # the module prints a line per message it receives (protocol.md)
-LOGLEVEL_OFF = 10
-LOG_PRINT_MS = 1000  # the module's other log text reaches the console at most this often
+_LOGLEVEL_ON = const(20)  # the module prints a line per message it receives (protocol.md)
+_LOGLEVEL_OFF = const(10)
+_LOG_PRINT_MS = const(1000)  # the module's other log text reaches the console at most this often
 
 
 def _ms():
@@ -115,7 +122,7 @@ class MeterSession:
         self.last_unreadable = None  # when the module last answered a poll with a payload we cannot read
         self.unreadable_state = NO_VALUES
         self.last_rejoin = None
-        self.rejoin_wait_s = REJOIN_FIRST_S
+        self.rejoin_wait_s = _REJOIN_FIRST_S
         self._err_logged = 0
         self.reading_source = None  # "r" or "log": where the reading handed to on_reading came from
         self._r_ok_ms = None  # when an `r` answer last decoded
@@ -188,7 +195,7 @@ class MeterSession:
         # The console is slow (and on the ESP32 a print blocks): a chatty module must not stall
         # the loop. Counted, not shown.
         now = _ms()
-        if self._print_ms is not None and time.ticks_diff(now, self._print_ms) < LOG_PRINT_MS:
+        if self._print_ms is not None and time.ticks_diff(now, self._print_ms) < _LOG_PRINT_MS:
             self.lines_not_shown += 1
             return
         self._print_ms = now
@@ -261,6 +268,7 @@ class MeterSession:
         if on == self.mgm_log:
             return
         if on:
+            gc.collect()  # its code goes into the holes garbage leaves, not on top of them
             import meter_log
             self._lm = meter_log.LogMode(self)
         else:
@@ -269,7 +277,7 @@ class MeterSession:
                 sys.modules.pop(name, None)
             try:
                 del decoders.mgm_log  # the package holds its submodule too
-            except AttributeError:
+            except (AttributeError, KeyError):  # MicroPython says KeyError
                 pass
         self.mgm_log = on
         self._level_due = True
@@ -279,7 +287,7 @@ class MeterSession:
         if not self._level_due:
             return
         self._level_due = False
-        level = LOGLEVEL_ON if self.mgm_log else LOGLEVEL_OFF
+        level = _LOGLEVEL_ON if self.mgm_log else _LOGLEVEL_OFF
         self.link.set_loglevel(level)
         self._answers_since_level = 0
         self._rx_since_level = 0
@@ -320,7 +328,7 @@ class MeterSession:
             self.state = state
             if state == OK:
                 log.info("link: " + TEXT[state])
-                self.rejoin_wait_s = REJOIN_FIRST_S
+                self.rejoin_wait_s = _REJOIN_FIRST_S
             else:
                 log.warn("link: " + TEXT[state])
             self.on_state(state)
@@ -335,7 +343,7 @@ class MeterSession:
         while True:
             t0 = _ms()
             self._send_level_if_due()
-            await self.link.ask(CMD_READING, ANSWER_MS)
+            await self.link.ask(CMD_READING, _ANSWER_MS)
             self._check_log_mode()
             await self._check_health()
             if self.rejoin_requested:
@@ -348,13 +356,13 @@ class MeterSession:
 
     async def _identify(self):
         t0 = _ms()
-        wait = VERSION_RETRY_S
-        while not await self.link.ask(CMD_VERSION, ANSWER_MS):
+        wait = _VERSION_RETRY_S
+        while not await self.link.ask(CMD_VERSION, _ANSWER_MS):
             if _since(t0) >= self.ms(10):
                 self._set_state(NO_ANSWER)
                 wait = min(wait * 2, 30)  # keep trying, but not 20 times a minute forever
-            if _since(t0) >= self.ms(UART_REINIT_S):
-                log.warn("no answer from the MGM111 for %d s: re-initialising the UART" % UART_REINIT_S)
+            if _since(t0) >= self.ms(_UART_REINIT_S):
+                log.warn("no answer from the MGM111 for %d s: re-initialising the UART" % _UART_REINIT_S)
                 self.link.reinit()
                 self._level_due = self.mgm_log
                 t0 = _ms()
@@ -362,7 +370,7 @@ class MeterSession:
         log.info("MGM111 firmware version %s" % self.version)
         for cmd in (CMD_MAC, CMD_INSTALL_CODE):
             for _ in range(3):
-                if await self.link.ask(cmd, ANSWER_MS):
+                if await self.link.ask(cmd, _ANSWER_MS):
                     break
         log.info("MGM111 MAC %s, install code %s" % (self.mac, "present (not shown)" if self.has_install_code else "missing"))
         self.identified = True
@@ -372,7 +380,7 @@ class MeterSession:
     async def _join(self, why):
         self.joins += 1
         self.last_rejoin = _ms()
-        ok = await self.link.ask(CMD_JOIN, ANSWER_MS)
+        ok = await self.link.ask(CMD_JOIN, _ANSWER_MS)
         log.info("join (%s): MAC %s, install code %s, status %s" % (
             why, self.mac, "present" if self.has_install_code else "missing",
             self.join_status if ok else "no answer"))
@@ -389,15 +397,15 @@ class MeterSession:
             self._set_state(self.unreadable_state)
             return
         # Readings stopped. Does the module answer anything at all?
-        if await self.link.ask(CMD_VERSION, ANSWER_MS):
+        if await self.link.ask(CMD_VERSION, _ANSWER_MS):
             self._set_state(NO_READINGS)
             if self.last_rejoin is None or _since(self.last_rejoin) >= self.ms(self.rejoin_wait_s):
                 await self._join("no reading for %d s" % (_since(self.last_good) * self.scale // 1000))
-                self.rejoin_wait_s = min(self.rejoin_wait_s * 2, REJOIN_MAX_S)
+                self.rejoin_wait_s = min(self.rejoin_wait_s * 2, _REJOIN_MAX_S)
         else:
             self._set_state(NO_ANSWER)
-            if _since(self.link.last_answer) >= self.ms(UART_REINIT_S):
-                log.warn("no answer from the MGM111 for %d s: re-initialising the UART" % UART_REINIT_S)
+            if _since(self.link.last_answer) >= self.ms(_UART_REINIT_S):
+                log.warn("no answer from the MGM111 for %d s: re-initialising the UART" % _UART_REINIT_S)
                 self.link.reinit()
                 self._level_due = self.mgm_log
                 self.link.last_answer = _ms()

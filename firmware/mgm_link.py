@@ -7,9 +7,15 @@ try:
 except ImportError:  # pragma: no cover - only very old MicroPython
     import uasyncio as asyncio
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
 from mgm_uart import FrameParser, allowed, loglevel_request, request
 
-QUIET_MS = 20  # the line counts as idle after this: a broken frame will not be completed
+_QUIET_MS = const(20)  # the line counts as idle after this: a broken frame will not be completed
 
 
 class Forbidden(ValueError):
@@ -46,7 +52,7 @@ class Link:
             self.last_rx = now
             self._idle = False
             self.parser.feed(self.buf, n)
-        if not self._idle and time.ticks_diff(now, self.last_rx) > QUIET_MS:
+        if not self._idle and time.ticks_diff(now, self.last_rx) > _QUIET_MS:
             self.parser.idle()
             self._idle = True
 

@@ -1,13 +1,16 @@
-# MQTT that nothing on the network can block or crash. micropython-lib's umqtt.simple (as shipped)
-# encodes the packets; this module owns the socket, which stays non-blocking end to end:
+# MQTT 3.1.1 (QoS 0) that nothing on the network can block or crash. umqtt.simple writes CONNECT
+# while connecting (mqtt_connect.py); the few small packets of a session are encoded here, straight
+# into the output buffer (kept for the session, umqtt's code would hold ~5 KB of heap for the
+# device's whole life). The socket stays non-blocking end to end:
 # - writes go to a bounded, preallocated output buffer sent from the loop (a broker that stops
 #   reading is a connection fault, never a wait);
-# - reads are framed by our own fixed-header reader into a preallocated input buffer: CONNACK,
-#   SUBACK, UNSUBACK and PINGRESP are handled here, and umqtt parses a PUBLISH only once it is
-#   whole in memory; a packet larger than the buffer is drained chunk by chunk, never allocated;
+# - reads are framed by our own fixed-header reader into a preallocated input buffer, and a packet
+#   is handled only once it is whole in memory; one larger than the buffer is drained chunk by
+#   chunk, never allocated;
 # - every wait has a deadline, and a path that vanishes without FIN/RST is found by the keepalive.
 # Also: reconnect within seconds, last will, a bounded outbox (latest value per topic). The connect
 # procedure is mqtt_connect.py, in memory only while not connected.
+import gc
 import time
 
 try:
@@ -23,38 +26,31 @@ except ImportError:  # CPython (bench speed comparison)
         return x
 
 import log
-import umqtt.simple as _umqtt
 
-OUT_SIZE = const(1536)  # our largest packet (a discovery payload, ~0.8-1.1 KB) and then some
-IN_SIZE = const(384)  # the largest packet we take in: commands, HA's status, our retained totals
-RESERVE = const(16)  # kept free in the output buffer for PINGREQ, UNSUBSCRIBE, PUBACK
+_OUT_SIZE = const(1536)  # our largest packet (the diag, ~0.7-1.3 KB; discovery ~0.7 KB) and then some
+_IN_SIZE = const(384)  # the largest packet we take in: commands, HA's status, our retained totals
+_RESERVE = const(16)  # kept free in the output buffer for PINGREQ, UNSUBSCRIBE, PUBACK
 RETRY_MS = (500, 1000, 2000, 3000)  # broker down, refused, silent: back within seconds
-LOGIN_RETRY_MS = (10000, 30000, 60000)  # a refused login: fast retries would not fix it
-CONNECT_TIMEOUT_MS = const(5000)  # TCP connect; then TLS handshake + CONNACK
-ACK_TIMEOUT_MS = const(10000)  # SUBACK, UNSUBACK
-PING_EVERY_MS = const(15000)  # or keepalive/2 if shorter
-PING_WAIT_MS = const(10000)  # or keepalive/2 if shorter: silence after a PINGREQ = the link is dead
-PACKETS_PER_STEP = const(8)
-READS_PER_STEP = const(8)  # up to 3 KB drained per step: a 1 MB message is gone in seconds
-OUTBOX_MAX = 48  # distinct topics waiting; our own topic set is far smaller
-LOG_BURST = const(5)  # refusals logged per LOG_WINDOW_MS; the rest only counted
-LOG_WINDOW_MS = const(10000)
+_ACK_TIMEOUT_MS = const(10000)  # SUBACK, UNSUBACK
+_PING_EVERY_MS = const(15000)  # or keepalive/2 if shorter
+_PING_WAIT_MS = const(10000)  # or keepalive/2 if shorter: silence after a PINGREQ = the link is dead
+_PACKETS_PER_STEP = const(8)
+_READS_PER_STEP = const(8)  # up to 3 KB drained per step: a 1 MB message is gone in seconds
+_OUTBOX_MAX = const(48)  # distinct topics waiting; our own topic set is far smaller
+_LOG_BURST = const(5)  # refusals logged per _LOG_WINDOW_MS; the rest only counted
+_LOG_WINDOW_MS = const(10000)
 _WOULD_BLOCK = (11, 115, 119, -26880, -26752)  # EAGAIN, EINPROGRESS (unix, lwIP), mbedTLS WANT_READ/WRITE
 
 
-class _WouldWait(Exception):
-    """Raised into umqtt where it would wait for an answer: our reader takes the answer later."""
-
-
 class _Wire:
-    """The socket as umqtt sees it (and its `socket` module, while it connects), made once: its
-    buffers serve every connection. write() only appends to the output buffer; read() serves only
-    the packet staged by Mqtt's reader, else raises _WouldWait; setblocking() is ignored."""
+    """The socket and its two buffers, made once: they serve every connection. write() and the
+    packet encoders only append to the output buffer; send() and fill() move bytes without
+    waiting."""
 
     def __init__(self):
-        self.obuf = bytearray(OUT_SIZE)
+        self.obuf = bytearray(_OUT_SIZE)
         self.omv = memoryview(self.obuf)
-        self.ibuf = bytearray(IN_SIZE)
+        self.ibuf = bytearray(_IN_SIZE)
         self.imv = memoryview(self.ibuf)
         self.s = None
         self.attach(None)
@@ -67,48 +63,64 @@ class _Wire:
         self.tail = self.imv  # ibuf[i1:], remade only when i1 moves (an idle read allocates nothing)
         self.skip = 0  # bytes of a refused packet still to drain
         self.p0 = self.pb = self.p1 = 0  # the current packet: start, variable header, end
-        self.rp = -1  # read() position inside the staged packet; -1: nothing staged
         now = time.ticks_ms()
         self.last_rx = now
         self.last_tx = now  # last progress sending (or the moment the buffer stopped being empty)
 
-    # --- what umqtt calls ---
-    def socket(self, *args):
-        return self
-
-    def getaddrinfo(self, host, port):
-        return ((None,),)
-
-    def connect(self, addr):
-        pass
-
-    def setblocking(self, flag):
-        pass
-
-    def write(self, data, n=None):
+    # --- packets out: appended to the output buffer (a whole packet or, OSError, nothing) ---
+    def write(self, data):
+        """data: bytes, a str (its UTF-8 bytes) or Parts."""
+        if isinstance(data, Parts):
+            n = data.n
+            self._room(n)  # all of it fits, or OSError: never half a message
+            for p in data.parts:
+                self.write(p)
+            return n
         if isinstance(data, str):
-            data = data.encode()
-        if n is None:
-            n = len(data)
-        if self.o1 + n > OUT_SIZE:
-            self._compact_out()
-            if self.o1 + n > OUT_SIZE:
-                raise OSError("our output buffer is full: the broker is not taking our messages")
-        if self.o0 == self.o1:
-            self.last_tx = time.ticks_ms()
-        self.obuf[self.o1:self.o1 + n] = data if n == len(data) else memoryview(data)[:n]
+            data = _view(data)
+        n = len(data)
+        self._room(n)
+        self.obuf[self.o1:self.o1 + n] = data
         self.o1 += n
         return n
 
-    def read(self, n):
-        p = self.rp
-        if p < 0 or p + n > self.p1:
-            raise _WouldWait()
-        self.rp = p + n
-        return bytes(self.imv[p:p + n])
+    def head(self, first, n):
+        """A packet's fixed header: its first byte and the remaining length n, once there is room
+        for the whole packet (the caller then writes exactly n bytes)."""
+        self._room((2 if n < 128 else 3 if n < 16384 else 4) + n)
+        b = self.obuf
+        i = self.o1
+        b[i] = first
+        while True:
+            i += 1
+            b[i] = n & 0x7F
+            n >>= 7
+            if not n:
+                break
+            b[i] |= 0x80
+        self.o1 = i + 1
+
+    def u16(self, v):
+        self.obuf[self.o1] = v >> 8
+        self.obuf[self.o1 + 1] = v & 0xFF
+        self.o1 += 2
+
+    def field(self, s):
+        """A length-prefixed string (topic, client id, user name...): str or bytes."""
+        v = _view(s)
+        self.u16(len(v))
+        self.write(v)
+
+    def _room(self, n):
+        if self.o1 + n > _OUT_SIZE:
+            self._compact_out()
+            if self.o1 + n > _OUT_SIZE:
+                raise OSError("our output buffer is full: the broker is not taking our messages")
+        if self.o0 == self.o1:
+            self.last_tx = time.ticks_ms()
 
     def close(self):
-        # umqtt's disconnect() ends here: what is buffered (e.g. "offline") gets one more try.
+        # What is buffered (e.g. "offline" and DISCONNECT at shutdown) gets one more try.
         s = self.s
         if s is None:
             return
@@ -157,7 +169,7 @@ class _Wire:
     # --- input ---
     def fill(self):
         """One read into the free part of the input buffer -> bytes read (0: none now)."""
-        if self.i1 == IN_SIZE:
+        if self.i1 == _IN_SIZE:
             if not self.i0:
                 return 0  # full of a packet being refused: packet() makes room
             self._compact_in()
@@ -214,8 +226,8 @@ class _Wire:
             if sh > 21:
                 raise OSError("a malformed packet from the broker (bad length)")
         total = i - i0 + n
-        if total > IN_SIZE:
-            if i1 - i0 < IN_SIZE:  # take in a full buffer first: the head names the topic
+        if total > _IN_SIZE:
+            if i1 - i0 < _IN_SIZE:  # take in a full buffer first: the head names the topic
                 if i0:
                     self._compact_in()
                 return None
@@ -223,7 +235,7 @@ class _Wire:
             self.skip = total - (i1 - i0)
             return -1
         if i1 - i0 < total:
-            if i0 + total > IN_SIZE:
+            if i0 + total > _IN_SIZE:
                 self._compact_in()
             return None
         self.p0, self.pb, self.p1 = i0, i, i0 + total
@@ -231,19 +243,30 @@ class _Wire:
 
     def consume(self):
         self.i0 = self.p1
-        self.rp = -1
         if self.i0 >= self.i1:
             self.i0 = self.i1 = 0
             self.tail = self.imv
 
 
-def _b(s):
-    return s.encode() if isinstance(s, str) else s
+class Parts:
+    """A payload in pieces (str or bytes), written one after the other: a large payload (a
+    discovery announcement, ~0.7 KB) then needs no single large block of heap, which a fragmented
+    heap may not have. len() is its size in bytes."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        n = 0
+        for p in parts:
+            n += len(_view(p))
+        self.n = n
+
+    def __len__(self):
+        return self.n
 
 
 def _view(s):
-    # A str payload's UTF-8 bytes without a copy (MicroPython's str has the buffer protocol): a
-    # discovery payload is ~0.7 KB, and its copy was a second one at the heap's peak.
+    # A str's UTF-8 bytes without a copy (MicroPython's str has the buffer protocol): a diag
+    # payload is ~0.7 KB, and its copy was a second one at the heap's peak.
     if isinstance(s, str):
         try:
             return memoryview(s)
@@ -262,14 +285,15 @@ class Mqtt:
         self.password = m["password"]
         self.keepalive = m["keepalive_s"]
         ka_ms = self.keepalive * 1000
-        self.ping_every = min(PING_EVERY_MS, ka_ms // 2)
-        self.ping_wait = min(PING_WAIT_MS, ka_ms // 2)
+        self.ping_every = min(_PING_EVERY_MS, ka_ms // 2)
+        self.ping_wait = min(_PING_WAIT_MS, ka_ms // 2)
         self.client_id = client_id
         self.base = base
         self.on_message = on_message  # (topic str, payload bytes, retained bool)
         self.on_connect = on_connect
         self.wire = _Wire()
-        self.client = None
+        self.session = False  # CONNECT written: packets may follow it (mqtt_connect.py sets it)
+        self.pid = 0  # the last packet id used (SUBSCRIBE, UNSUBSCRIBE)
         self.connected = False
         self.connects = 0
         self.failures = 0
@@ -292,38 +316,62 @@ class Mqtt:
         box = self.outbox
         if topic in box:
             del box[topic]  # keep only the newest value, and move it to the end
-        elif len(box) >= OUTBOX_MAX:
+        elif len(box) >= _OUTBOX_MAX:
             del box[next(iter(box))]
             self.dropped += 1
         box[topic] = (payload, retain)
 
+    def publish_parts(self, topic, parts, retain=False):
+        """publish() for a payload in pieces (Parts): no single large block of heap needed."""
+        self.publish(topic, Parts(parts), retain)
+
     def subscribe(self, topic):
-        """Sends SUBSCRIBE and returns; the SUBACK is awaited in the background (bounded)."""
-        c = self.client
-        try:
-            c.subscribe(_b(topic))
-        except _WouldWait:
-            pass  # umqtt would now wait for the SUBACK: our reader takes it
-        self._acks[c.pid] = (time.ticks_add(time.ticks_ms(), ACK_TIMEOUT_MS), topic)
+        """Sends SUBSCRIBE (QoS 0) and returns; the SUBACK is awaited in the background (bounded)."""
+        self._sub(0x82, topic)
 
     def unsubscribe(self, topic):
-        # UNSUBSCRIBE is not in umqtt.simple 1.3.4: written here, its UNSUBACK taken by our reader.
-        c = self.client
-        t = _b(topic)
-        pid = c.pid = (c.pid + 1) & 0xFFFF or 1
-        self.wire.write(bytes((0xA2, 4 + len(t), pid >> 8, pid & 0xFF)))
-        c._send_str(t)
-        self._acks[pid] = (time.ticks_add(time.ticks_ms(), ACK_TIMEOUT_MS), topic)
+        """Sends UNSUBSCRIBE and returns; the UNSUBACK is awaited in the background (bounded)."""
+        self._sub(0xA2, topic)
+
+    def _sub(self, first, topic):
+        w = self.wire
+        n = len(_view(topic))
+        pid = self.pid = (self.pid + 1) & 0xFFFF or 1
+        w.head(first, 4 + n + (first == 0x82))
+        w.u16(pid)
+        w.field(topic)
+        if first == 0x82:
+            w.write(b"\0")  # the QoS we ask for
+        self._acks[pid] = (time.ticks_add(time.ticks_ms(), _ACK_TIMEOUT_MS), topic)
+
+    def _put(self, topic, payload, retain):
+        """A PUBLISH (QoS 0) into the output buffer: whole, or OSError when there is no room.
+        topic and payload: str, bytes, a memoryview of either, or (payload) Parts."""
+        w = self.wire
+        t = _view(topic)
+        payload = _view(payload)  # sized in bytes, not characters
+        w.head(0x31 if retain else 0x30, 2 + len(t) + len(payload))
+        w.field(t)
+        w.write(payload)
+
+    def disconnect(self):
+        """At shutdown: what is queued (some of it), "offline", then DISCONNECT (the broker then
+        keeps the last will to itself) and the socket closed."""
+        if self.session:
+            self.flush(10)
+            self._put(self.base + "/status", "offline", True)
+            self.wire.write(b"\xe0\0")
+        self._close()
 
     def refused(self, text):
-        """Log refused input in words, at most LOG_BURST lines per LOG_WINDOW_MS (a flood must
+        """Log refused input in words, at most _LOG_BURST lines per _LOG_WINDOW_MS (a flood must
         not flood the log); every refusal is counted (diag)."""
         self.refusals += 1
         now = time.ticks_ms()
-        if time.ticks_diff(now, self._log_t) >= LOG_WINDOW_MS:
+        if time.ticks_diff(now, self._log_t) >= _LOG_WINDOW_MS:
             self._log_t = now
             self._log_n = 0
-        if self._log_n >= LOG_BURST:
+        if self._log_n >= _LOG_BURST:
             self._log_hidden += 1
             self._log_last = text
             return
@@ -332,9 +380,9 @@ class Mqtt:
 
     def _log_summary(self):
         # Once the window is over, what was not shown is summed up (with the latest of them).
-        if self._log_hidden and time.ticks_diff(time.ticks_ms(), self._log_t) >= LOG_WINDOW_MS:
+        if self._log_hidden and time.ticks_diff(time.ticks_ms(), self._log_t) >= _LOG_WINDOW_MS:
             log.warn("%d more refused in %d s, not shown; the latest: %s" % (
-                self._log_hidden, LOG_WINDOW_MS // 1000, self._log_last))
+                self._log_hidden, _LOG_WINDOW_MS // 1000, self._log_last))
             self._log_hidden = 0
             self._log_last = None
             self._log_t = time.ticks_ms()
@@ -344,22 +392,20 @@ class Mqtt:
         """Queue up to n outbox messages into the output buffer as room allows, and send."""
         box = self.outbox
         w = self.wire
-        c = self.client
-        while n and box and c is not None:
+        while n and box and self.session:
             topic = next(iter(box))
             payload, retain = box[topic]
-            # bytes: umqtt sizes the packet with len(), which counts characters of a str
-            t = _b(topic)
+            t = _view(topic)  # sized in bytes, not characters
             p = _view(payload)
             size = len(t) + len(p) + 7
-            if size > OUT_SIZE - RESERVE:
+            if size > _OUT_SIZE - _RESERVE:
                 del box[topic]
                 log.warn("MQTT message on %s too large to send (%d bytes): dropped" % (topic, size))
                 continue
-            if OUT_SIZE - (w.o1 - w.o0) < size + RESERVE:
+            if _OUT_SIZE - (w.o1 - w.o0) < size + _RESERVE:
                 break  # the broker is slow to take them: the rest waits (the stall check bounds it)
             del box[topic]
-            c.publish(t, p, retain)
+            self._put(t, p, retain)
             n -= 1
         w.send()
 
@@ -381,11 +427,16 @@ class Mqtt:
             # The connect procedure and its texts (mqtt_connect.py) are in memory only while
             # not connected: a connected device has no use for them.
             try:
+                gc.collect()  # its code goes into the holes garbage leaves, not on top of them
                 import mqtt_connect
                 delay = await mqtt_connect.attempt(self)
-            except MemoryError:  # no room for it now: the same as a failed attempt
+            except MemoryError:  # no room for it now: a failed attempt, said in words
                 self._close()
+                self.failures += 1
                 delay = RETRY_MS[-1]
+                if self.failures in (1, 3) or self.failures % 20 == 0:
+                    log.warn("MQTT: not enough free memory to connect to %s:%d (%d bytes free); retrying "
+                             "every %d s" % (self.host, self.port, gc.mem_free(), delay // 1000))
             if delay:
                 await asyncio.sleep_ms(delay)
                 continue
@@ -396,38 +447,44 @@ class Mqtt:
             log.info("MQTT connected to %s:%d" % (self.host, self.port))
             self.failures = 0
             try:
-                self.client.publish(_b(self.base + "/status"), b"online", True)
+                self._put(self.base + "/status", "online", True)
                 await self.on_connect(self)
                 while True:
                     if not network_up():
                         raise OSError("network down")
                     self.poll()
                     await asyncio.sleep_ms(20)
-            except (OSError, MemoryError, _umqtt.MQTTException, _WouldWait, AssertionError, IndexError,
-                    TypeError, ValueError) as e:
+            except (OSError, MemoryError, AssertionError, IndexError, TypeError, ValueError) as e:
                 # MemoryError included: memory pressure costs a reconnect, never the firmware.
-                self._drop(_reason(e))
+                self._drop(e)
             await asyncio.sleep_ms(RETRY_MS[0])
 
     def _close(self):
-        self.client = None
+        self.session = False
         self.wire.close()
 
     def _drop(self, why):
-        if self.connected:
-            log.warn("MQTT connection lost (%s); reconnecting" % why)
+        """why: an exception or words."""
+        was = self.connected
         self.connected = False
         self._close()
+        if was:
+            try:
+                import mqtt_connect  # the reconnect needs it next anyway; it has the words
+                why = mqtt_connect.reason(why)
+            except MemoryError:
+                why = "out of memory"
+            log.warn("MQTT connection lost (%s); reconnecting" % why)
 
     # --- input ---
     def _input(self):
         w = self.wire
         reads = 0
         n = 0
-        while n < PACKETS_PER_STEP:
+        while n < _PACKETS_PER_STEP:
             op = w.packet()
             if op is None:
-                if reads == READS_PER_STEP or not w.fill():
+                if reads == _READS_PER_STEP or not w.fill():
                     return
                 reads += 1
                 continue
@@ -478,7 +535,7 @@ class Mqtt:
         size = w.p1 - w.p0 + w.skip
         if w.ibuf[w.p0] & 0xF0 == 0x30:
             self.refused("MQTT message of %d bytes on %s refused: larger than the %d bytes accepted "
-                         "(drained, not read)" % (size, self._topic_at(w.pb, w.p1), IN_SIZE))
+                         "(drained, not read)" % (size, self._topic_at(w.pb, w.p1), _IN_SIZE))
         else:
             self.refused("MQTT packet of %d bytes from the broker (type 0x%02x) refused: too large"
                          % (size, w.ibuf[w.p0]))
@@ -492,15 +549,17 @@ class Mqtt:
         tl = b[p] << 8 | b[p + 1] if end - p >= 2 else 0
         if tl == 0 or p + 2 + tl + (2 if qos else 0) > end or qos == 3:
             return self.refused("malformed MQTT message from the broker: ignored")
-        if qos == 2:  # we subscribe with QoS 0: umqtt cannot answer QoS 2, so it never sees one
+        if qos == 2:  # we subscribe with QoS 0: its four-packet handshake is not worth having
             return self.refused("MQTT message with QoS 2 on %s refused (we subscribe with QoS 0)"
                                 % self._topic_at(p, end))
+        i = p + 2 + tl
+        if qos:  # QoS 1 (a broker may keep a sender's QoS): acknowledged, into the reserve
+            w.head(0x40, 2)
+            w.u16(b[i] << 8 | b[i + 1])
+            i += 2
         self._rx_retain = bool(op & 1)
-        w.rp = w.p0  # umqtt's wait_msg() now reads this packet, from memory
-        try:
-            self.client.wait_msg()
-        except _WouldWait:
-            self.refused("malformed MQTT message from the broker: ignored")
+        m = w.imv
+        self._message(bytes(m[p + 2:p + 2 + tl]), bytes(m[i:end]))
 
     def _message(self, topic, msg):
         try:
@@ -510,14 +569,15 @@ class Mqtt:
         try:
             self.on_message(t, msg, self._rx_retain)
         except Exception as e:  # a bad command must never take the connection down
-            log.warn("MQTT message on %s not handled: %s" % (t, _reason(e)))
+            log.warn("MQTT message on %s not handled: %s" % (
+                t, "out of memory" if isinstance(e, MemoryError) else str(e) or type(e).__name__))
 
     # --- time ---
     def _check_times(self):
         w = self.wire
         now = time.ticks_ms()
         if time.ticks_diff(now, self._ping_at) >= self.ping_every:
-            self.client.ping()  # 2 bytes into the reserve; sent with the next send()
+            w.write(b"\xc0\0")  # PINGREQ: 2 bytes into the reserve
             w.send()
             self._ping_at = now
             if self._unanswered is None:
@@ -536,7 +596,7 @@ class Mqtt:
             a = self._acks[pid]
             if time.ticks_diff(now, a[0]) > 0:
                 raise OSError("the broker did not acknowledge our subscription change for %s within %d s"
-                              % (a[1], ACK_TIMEOUT_MS // 1000))
+                              % (a[1], _ACK_TIMEOUT_MS // 1000))
 
 
 def _unload(name):
@@ -546,21 +606,3 @@ def _unload(name):
 
 def _secs(ms):
     return "%d" % (ms // 1000) if ms % 1000 == 0 or ms >= 10000 else "%.1f" % (ms / 1000)
-
-
-def _reason(e):
-    if isinstance(e, MemoryError):
-        return "out of memory"
-    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
-        c = e.args[0]
-        text = {111: "connection refused", 113: "no route to host", 110: "timed out", 104: "connection reset",
-                32: "broken pipe", 103: "connection aborted", -1: "connection closed", 128: "not connected",
-                -2: "host name not found", -202: "host name not found", 12: "out of memory"}.get(c)
-        if text:
-            return text
-        if c < -1:
-            return "TLS error -0x%04x" % -c  # mbedTLS codes: negative
-        return "error %d" % c
-    if isinstance(e, _umqtt.MQTTException):
-        return "refused by the broker (%s)" % e
-    return str(e) or type(e).__name__

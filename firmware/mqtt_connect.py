@@ -3,6 +3,7 @@
 # Every wait is bounded and non-blocking, as in mqtt.py: TCP connect, TLS handshake, CONNACK.
 import select
 import socket
+import sys
 import time
 
 try:
@@ -10,10 +11,21 @@ try:
 except ImportError:  # pragma: no cover
     import uasyncio as asyncio
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
 import log
-import umqtt.simple as _umqtt
-from mqtt import (CONNECT_TIMEOUT_MS, LOGIN_RETRY_MS, RETRY_MS, _WOULD_BLOCK, _WouldWait, _b, _reason,
-                  _secs)
+from mqtt import RETRY_MS, _WOULD_BLOCK, _secs
+
+LOGIN_RETRY_MS = (10000, 30000, 60000)  # a refused login: fast retries would not fix it
+CONNECT_TIMEOUT_MS = const(5000)  # TCP connect; then TLS handshake + CONNACK
+
+
+class Refused(Exception):
+    """The broker's CONNACK said no: args[0] is its return code."""
 
 
 async def attempt(mq):
@@ -22,18 +34,18 @@ async def attempt(mq):
     try:
         await _connect(mq)
         return 0
-    except _umqtt.MQTTException as e:  # the CONNACK said no
+    except Refused as e:  # the CONNACK said no
         mq._close()
         delay = _failed(mq, LOGIN_RETRY_MS if e.args[0] in (2, 4, 5) else RETRY_MS)
         if mq.failures in (1, 3) or mq.failures % 20 == 0:
             log.warn("MQTT broker %s:%d %s; retrying every %s s" % (
                 mq.host, mq.port, _refusal(mq, e.args[0]), _secs(delay)))
-    except (OSError, MemoryError, _WouldWait, AssertionError, IndexError, TypeError, ValueError) as e:
+    except (OSError, MemoryError, AssertionError, IndexError, TypeError, ValueError) as e:
         mq._close()
         delay = _failed(mq, RETRY_MS)
         if mq.failures in (1, 3) or mq.failures % 20 == 0:
             log.warn("MQTT broker %s:%d not reachable (%s); retrying every %s s" % (
-                mq.host, mq.port, _reason(e), _secs(delay)))
+                mq.host, mq.port, reason(e), _secs(delay)))
     return delay
 
 
@@ -57,7 +69,7 @@ async def _connect(mq):
     w = mq.wire
     w.attach(s)  # from here on, mq._close() closes it whatever happens
     try:
-        # umqtt writes a packet in 2-4 pieces; we send them together, but no Nagle delay either.
+        # A packet goes out whole from our buffer: no Nagle delay for small ones.
         s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (lwIP and Linux agree)
     except (OSError, AttributeError):
         pass
@@ -85,20 +97,8 @@ async def _connect(mq):
         # do_handshake=False: the handshake advances inside our non-blocking reads and writes
         # (each mbedTLS step still computes in one go: the key exchange costs CPU, not waiting).
         w.s = ssl.wrap_socket(s, server_hostname=mq.host, do_handshake=False)
-    c = _umqtt.MQTTClient(_b(mq.client_id), mq.host, mq.port, _b(mq.user),
-                          _b(mq.password or "") if mq.user is not None else None,
-                          keepalive=mq.keepalive)
-    c.set_callback(mq._message)
-    c.set_last_will(_b(mq.base + "/status"), b"offline", retain=True)
-    real = _umqtt.socket
-    _umqtt.socket = w  # umqtt's connect() takes its socket from there
-    try:
-        c.connect()  # writes CONNECT into our buffer; it cannot read the CONNACK: _WouldWait
-    except _WouldWait:
-        pass
-    finally:
-        _umqtt.socket = real
-    mq.client = c
+    _connect_packet(mq, w)
+    mq.session = True
     mq._acks = {}
     mq._connack = None
     t0 = time.ticks_ms()
@@ -115,9 +115,62 @@ async def _connect(mq):
                 " (TLS handshake or CONNACK)" if mq.tls else " (no CONNACK)", CONNECT_TIMEOUT_MS // 1000))
         await asyncio.sleep_ms(10)
     if mq._connack:
-        raise _umqtt.MQTTException(mq._connack)
+        raise Refused(mq._connack)
     mq._ping_at = time.ticks_ms()
     mq._unanswered = None
+
+
+class _Written(Exception):
+    """umqtt.simple has written CONNECT and would now wait for the CONNACK: mqtt.py reads it."""
+
+
+class _Sock:
+    """umqtt.simple's socket module and socket while it writes CONNECT: our output buffer."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def socket(self, *args):
+        return self
+
+    def getaddrinfo(self, host, port):
+        return [(0, 0, 0, "", None)]  # connected already, by _connect
+
+    def connect(self, addr):
+        pass
+
+    def write(self, data, n=None):
+        return self.w.write(data if n is None else memoryview(data)[:n])
+
+    def read(self, n):
+        raise _Written()
+
+
+def _connect_packet(mq, w):
+    """CONNECT into the output buffer, written by umqtt.simple, the project's MQTT client: clean
+    session, keepalive, the last will ("offline", retained, on <base>/status), the login when a
+    user is set. Only while connecting: once connected, mqtt.py encodes its few small packets
+    itself, and umqtt's code (~5 KB of heap) is not kept for the device's whole life."""
+    import umqtt.simple as umqtt
+    login = mq.user is not None
+    c = umqtt.MQTTClient(_b(mq.client_id), mq.host, mq.port, _b(mq.user) if login else None,
+                         _b(mq.password or "") if login else None, keepalive=mq.keepalive)
+    c.set_last_will(_b(mq.base + "/status"), b"offline", retain=True)
+    real = umqtt.socket
+    umqtt.socket = _Sock(w)
+    try:
+        c.connect()
+    except _Written:
+        pass
+    finally:
+        umqtt.socket = real
+        c = umqtt = None
+        sys.modules.pop("umqtt.simple", None)
+        sys.modules.pop("umqtt", None)
+
+
+def _b(s):
+    return s.encode() if isinstance(s, str) else s
 
 
 def _refusal(mq, rc):
@@ -133,3 +186,24 @@ def _refusal(mq, rc):
     if rc == 3:
         return "says it is unavailable (CONNACK code 3)"
     return "refused the connection (CONNACK code %d)" % rc
+
+
+def reason(e):
+    """An exception (or words) from the MQTT path, in words."""
+    if isinstance(e, str):
+        return e
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
+        c = e.args[0]
+        text = {111: "connection refused", 113: "no route to host", 110: "timed out", 104: "connection reset",
+                32: "broken pipe", 103: "connection aborted", -1: "connection closed", 128: "not connected",
+                -2: "host name not found", -202: "host name not found", 12: "out of memory"}.get(c)
+        if text:
+            return text
+        if c < -1:
+            return "TLS error -0x%04x" % -c  # mbedTLS codes: negative
+        return "error %d" % c
+    if isinstance(e, Refused):
+        return "refused by the broker (%s)" % e
+    return str(e) or type(e).__name__

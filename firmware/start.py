@@ -5,6 +5,10 @@ import sys
 
 import log
 
+# What app.py imports, leaves first (a module missing here is still imported by app.py, just less
+# compactly).
+LOAD_ORDER = ("mgm_uart", "mgm_link", "decoders", "meter", "readings", "mqtt", "app")
+
 
 def safe_mode(errors):
     print()
@@ -20,14 +24,30 @@ def safe_mode(errors):
 def run(b):
     """-> False when the configuration cannot be used; otherwise raises what stopped the app."""
     import config
-    cfg, errors = config.load_file("config.json", "secrets.json", b.NAME)
+    # On probation after an update that brought a configuration: that one (probation.py).
+    try:
+        import probation
+        path = probation.config_path()
+        del sys.modules["probation"]
+    except ImportError:  # installed by an older make deploy
+        path = "config.json"
+    if path != "config.json":
+        print("boot: on probation with the configuration the update brought (%s)" % path)
+    cfg, errors = config.load_file(path, "secrets.json", b.NAME)
     # The schema and checks are only needed at boot: give their ~8 KB of heap back to the app.
     del config
     del sys.modules["config"]
     if errors:
         safe_mode(errors)
         return False
-    gc.collect()  # the config code's heap back in one piece before the app's imports
+    # The app's modules leaves first, with a collection after each: loading a module leaves holes
+    # (temporaries freed between its objects), and collected at once they are filled by the next
+    # module's objects. Imported by app.py in one go, the heap held ~18 KB of such holes (64-bit
+    # port), too small for a discovery payload or the MQTT buffers: the heap's peak failed first.
+    for name in LOAD_ORDER:
+        gc.collect()
+        __import__(name)
+    gc.collect()
     import app
     a = app.App(cfg, b)
     try:

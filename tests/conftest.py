@@ -6,7 +6,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for p in ("tools", "firmware"):
+for p in ("tools", "sim", "firmware"):
     if os.path.join(ROOT, p) not in sys.path:
         sys.path.insert(0, os.path.join(ROOT, p))
 

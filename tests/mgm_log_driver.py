@@ -1,5 +1,5 @@
 # Runs under the MicroPython unix port (tests/test_mgm_log_session.py): the firmware's MeterSession
-# and Link on the real board UART (a pty where tools/mgm_sim.py plays the MGM111), no MQTT. What
+# and Link on the real board UART (a pty where sim/mgm_sim.py plays the MGM111), no MQTT. What
 # the session hands out is printed as one line, "RESULT <json>".
 #   micropython tests/mgm_log_driver.py OPTIONS.json
 # OPTIONS: device, seconds, poll_s, time_scale, mgm_log, off_after_s (turn the mode off then).

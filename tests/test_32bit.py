@@ -126,7 +126,7 @@ def run32(tmp_path, data):
     mpy = sim_env.compile_firmware(str(tmp_path / "mpy"))  # as deployed: .mpy
     (tmp_path / "data.json").write_text(json.dumps(data))
     (tmp_path / "alloc32.py").write_text(SCRIPT)
-    p = subprocess.run(["node", MP32, "--lib", mpy, "--lib", os.path.join(sim_env.ROOT, "tools", "heap_probe.py"),
+    p = subprocess.run(["node", MP32, "--lib", mpy, "--lib", os.path.join(sim_env.ROOT, "sim", "heap_probe.py"),
                         "--file", str(tmp_path / "data.json"), str(tmp_path / "alloc32.py"),
                         str(tmp_path / "data.json")], capture_output=True, text=True, timeout=300)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -41,7 +41,7 @@ def test_a_dying_task_ends_the_app_instead_of_leaving_it_half_alive(tmp_path):
     script = tmp_path / "supervise.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, MICROPYPATH=os.pathsep.join(
-        [sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "tools"), sim_env.LIB, ".frozen"]))
+        [sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "sim"), sim_env.LIB, ".frozen"]))
     p = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env, capture_output=True,
                        text=True, timeout=30)
     assert "RESULT raised wifi driver fault" in p.stdout, p.stdout + p.stderr

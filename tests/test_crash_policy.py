@@ -1,7 +1,7 @@
 """The watchdog, the REPL and the crash policy, as on the ESP32: its watchdog cannot be stopped and
 resets the board when nobody feeds it. The unix board's watchdog does the same (board/unix.py), so
 these tests see what the device does: on the simulated board (the unix port behind the real
-mpremote, tests/devices) and under the unix runner (tools/run_sim.py)."""
+mpremote, tests/devices) and under the unix runner (sim/run_sim.py)."""
 import os
 import shutil
 import subprocess
@@ -16,7 +16,7 @@ from test_flash import (board_flash, fwdir, run, running, sims, write_config,  #
                         set_version)
 
 ROOT = sim_env.ROOT
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "sim"))
 import run_sim  # noqa: E402
 
 WDT_S = 5  # the app's watchdog under debug.time_scale 50 (30 s on the device)

@@ -317,7 +317,7 @@ def test_a_v6_capture_is_explained_by_its_own_log_lines(tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["truth"] == "log" and rep["payload_length"] == 64 and rep["paired"] >= 40
-    # Where tools/mgm_sim.py's made-up layout keeps them: power 16-19 BE signed, import 4-9 BE,
+    # Where sim/mgm_sim.py's made-up layout keeps them: power 16-19 BE signed, import 4-9 BE,
     # export 10-15 BE (bytes that never changed cannot be placed: the narrowest unambiguous fields).
     _, top = best(rep, "power")
     assert (top["offset"], top["width"], top["order"], top["encoding"], top["scale"]) == \

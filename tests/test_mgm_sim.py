@@ -1,4 +1,4 @@
-"""The simulated MGM111 (tools/mgm_sim.py) as a client on its pty sees it: frames exactly as
+"""The simulated MGM111 (sim/mgm_sim.py) as a client on its pty sees it: frames exactly as
 protocol.md, realistic readings, and each fault doing what it says. A local strict parser is used
 on purpose (not the firmware's), so a shared misunderstanding cannot hide."""
 import os
@@ -10,7 +10,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "sim"))
 from mgm_sim import MgmSim  # noqa: E402
 
 MAC = "88:77:66:55:44:33:22:11"
@@ -404,7 +404,7 @@ def test_unknown_version_payload_is_kept_stable_in_shape(sim_client):
 # ---------- CLI ----------
 def test_cli_link_commands_and_verbose(tmp_path):
     link = str(tmp_path / "mgm0")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "mgm_sim.py"), "--version", "7",
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sim", "mgm_sim.py"), "--version", "7",
                              "--link", link, "--verbose", "--fault", "log_text:lines=1"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, bufsize=1)

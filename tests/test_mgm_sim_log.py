@@ -1,4 +1,4 @@
-"""The simulated MGM111's own log (tools/mgm_sim.py, issue 13) as a client on its pty sees it: at
+"""The simulated MGM111's own log (sim/mgm_sim.py, issue 13) as a client on its pty sees it: at
 `loglevel 20` a received-message line per reading with the meter message's ZCL bytes (exactly the
 `r` payload on v7/v8), versions 4 and 6 with an `r` layout nobody decodes, the log faults, and a
 record of every byte the host wrote. Checked with the test's own strict parsing, not the firmware's."""

@@ -326,10 +326,8 @@ class Sock:
 got = []
 cfg = {"mqtt": {"host": "h", "port": 1, "tls": False, "user": None, "password": None, "keepalive_s": 60}}
 m = mqtt.Mqtt(cfg, "id", "t", lambda t, p, r: got.append([t, binascii.hexlify(p).decode(), r]), None)
-m.client = mqtt._umqtt.MQTTClient(b"id", "h")
-m.client.set_callback(m._message)
-m.client.sock = m.wire
 m.wire.attach(Sock())
+m.session = True
 for pid in job["acks"]:
     m._acks[pid] = (0, "t/%d" % pid)
 m._unanswered = 1

@@ -11,7 +11,7 @@ import sim_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = sorted(glob.glob(os.path.join(ROOT, "tests", "unit", "test_*.py")))
-MICROPYPATH = "firmware:tools:build/lib:tests/unit:.frozen"
+MICROPYPATH = "firmware:sim:build/lib:tests/unit:.frozen"
 
 
 def _micropython():

@@ -7,11 +7,13 @@ import signal
 import time
 
 POLLS = int(os.environ.get("SOAK_POLLS", "10000"))
-# The app's code alone holds ~100 KB of heap on this 64-bit port (pointers and heap blocks twice the
-# ESP32's size); `make bench` finds the smallest heap that passes (144K when last measured, up from
-# 104K: issue 10 is about bringing it back down). 160K leaves a margin so that a loaded CI machine
-# cannot make this flaky; it may only go down.
-HEAP = os.environ.get("SOAK_HEAP", "160K")
+# The app running holds ~119 KB of heap on this 64-bit port (pointers and heap blocks twice the
+# ESP32's size); `make bench` (or `python3 bench/run.py --soak-only`) finds the smallest heap that
+# passes: 136K when last measured (128K fails; 144K at the start of issue 10's heap work, 128K before
+# updates over the air and umqtt writing CONNECT at each connect). 152K leaves a 16K margin so that a
+# loaded CI machine cannot make this flaky; it may only go down. tests/test_ota_e2e.py installs an
+# update at this heap too (it passes at 144K, fails at 136K).
+HEAP = os.environ.get("SOAK_HEAP", "152K")
 
 
 def test_soak_10000_polls_small_heap(mgm, firmware, ha, tmp_path):
@@ -33,7 +35,10 @@ def test_soak_10000_polls_small_heap(mgm, firmware, ha, tmp_path):
     faults = ["garbage", "log_text", "duplicate", "errors", "truncate", "dollar"]
     i = 0
     while True:
-        d = ha.diag(timeout=30, after=max(0, ha.mark() - 1))
+        try:
+            d = ha.diag(timeout=30, after=max(0, ha.mark() - 1))
+        except AssertionError as e:  # what the firmware said is what explains it (a MemoryError...)
+            raise AssertionError("%s\nfirmware said:\n%s" % (e, fw.output[-3000:]))
         if d["readings"] + d["duplicates"] >= POLLS:
             break
         assert fw.proc.poll() is None, fw.output[-3000:]

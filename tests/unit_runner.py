@@ -1,5 +1,5 @@
 # Runs one tests/unit test module without pytest, for the MicroPython unix port:
-#   MICROPYPATH=firmware:tools:build/lib:tests/unit:.frozen micropython tests/unit_runner.py FILE
+#   MICROPYPATH=firmware:sim:build/lib:tests/unit:.frozen micropython tests/unit_runner.py FILE
 # Every test_* function is called without arguments; prints "N passed, M failed", exits 1 on failure.
 import sys
 

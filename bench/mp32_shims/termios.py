@@ -1,5 +1,5 @@
 # The wasm MicroPython has no termios. firmware/board/unix.py imports it for the pty UART, which
-# tools/null_board.py replaces: only the import must succeed.
+# sim/null_board.py replaces: only the import must succeed.
 
 
 def _no_tty(*args):

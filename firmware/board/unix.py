@@ -84,7 +84,7 @@ class Leds:
 # ---- watchdog: behaves as the ESP32's (board/esp32.py) so tests see what the device does ----
 # Once started it cannot be stopped, and when it is not fed in time it resets the board: a thread
 # ends the whole process with SIGKILL (a thread cannot sys.exit() the process, and a signal works
-# even while the main thread is stuck in a C call). tools/run_sim.py and the simulated board
+# even while the main thread is stuck in a C call). sim/run_sim.py and the simulated board
 # (tests/devices/micropython_board.py) restart it, as the ESP32 restarts. The feeder stands for the
 # ESP32's machine.Timer: it keeps the watchdog fed while no app runs (the REPL, mpremote pushes).
 _wd = [0, 0, False]  # last feed (ticks_ms), timeout in ms (0: not started), feeder on
@@ -154,6 +154,6 @@ def unique_id():
 
 
 def reset():
-    # The unix port has no reset: exit with a code the runner (tools/run_sim.py) restarts on.
+    # The unix port has no reset: exit with a code the runner (sim/run_sim.py) restarts on.
     print("restart requested: exiting with status 3")
     sys.exit(3)

@@ -253,7 +253,23 @@ def may_hold_secret(line, start, end):
     return False
 
 
-from . import v2, zcl  # noqa: E402 (they use DecodeError and scale from above)
+# The layouts' code (v2.py, zcl.py) is imported when the first payload of that shape comes: a meter
+# speaks one of them, and the other's code would hold heap for the device's whole life.
+_layouts = [None, None]  # v2, zcl
+
+
+def _layout(k):
+    m = _layouts[k]
+    if m is None:
+        try:
+            if k:
+                from . import zcl as m
+            else:
+                from . import v2 as m
+        except MemoryError:
+            raise DecodeError("not enough free memory to load the %s decoder now" % ("ZCL" if k else "v2"))
+        _layouts[k] = m
+    return m
 
 
 def decode(payload, out=None):
@@ -263,11 +279,11 @@ def decode(payload, out=None):
     else:
         out.clear()
     n = len(payload)
-    zcl_header = n >= 3 and payload[0] == zcl.FRAME_CONTROL
-    if n == v2.LENGTH and not (zcl_header and payload[2] == zcl.READ_ATTRIBUTES_RESPONSE):
-        return v2.decode(payload, out)
+    zcl_header = n >= 3 and payload[0] == 0x18  # zcl.FRAME_CONTROL
+    if n == 152 and not (zcl_header and payload[2] == 0x01):  # v2.LENGTH, zcl.READ_ATTRIBUTES_RESPONSE
+        return _layout(0).decode(payload, out)
     if zcl_header:
-        return zcl.decode(payload, out)
+        return _layout(1).decode(payload, out)
     raise UnknownLayout("unknown payload layout: %d bytes, starts %s (a v2 reading has 152 bytes, "
                       "a ZCL one starts 18 xx 01)" % (n, _start(payload)))
 

@@ -27,7 +27,7 @@ def error_of(payload):
 
 def v2_by_hand(energy=b"\x00\x01\xe2\x40", mult=1, div=b"\x03\xe8", power=b"\x00\x05\xdc",
                ms=b"\x78\x56\x34\x12"):
-    # Built from the offsets table in protocol.md, independently of tools/mgm_payloads.py.
+    # Built from the offsets table in protocol.md, independently of sim/mgm_payloads.py.
     p = bytearray(152)
     p[4:8] = energy
     p[47] = mult

@@ -10,7 +10,8 @@ ABBR = {"~": "~", "name": "name", "uniq_id": "unique_id", "avty_t": "availabilit
         "dev_cla": "device_class", "unit_of_meas": "unit_of_measurement", "stat_cla": "state_class",
         "ent_cat": "entity_category", "ic": "icon", "ops": "options", "exp_aft": "expire_after",
         "cmd_t": "command_topic", "min": "min", "max": "max", "step": "step", "mode": "mode",
-        "pl_on": "payload_on", "pl_off": "payload_off", "pl_prs": "payload_press"}
+        "pl_on": "payload_on", "pl_off": "payload_off", "pl_prs": "payload_press",
+        "pl_inst": "payload_install"}
 DEV_ABBR = {"ids": "identifiers", "name": "name", "mf": "manufacturer", "mdl": "model", "sw": "sw_version",
             "hw_version": "hw_version", "cns": "connections"}
 # What each HA MQTT platform accepts among those keys (HA's platform schemas).
@@ -23,6 +24,7 @@ ALLOWED = {
     "number": COMMON | {"state_topic", "value_template", "command_topic", "unit_of_measurement", "min",
                         "max", "step", "mode"},
     "switch": COMMON | {"state_topic", "value_template", "command_topic", "payload_on", "payload_off"},
+    "update": COMMON | {"state_topic", "command_topic", "payload_install"},
 }
 NODE = "vue_utility_ab12"
 BASE = "vue_utility/ab12"

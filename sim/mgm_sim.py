@@ -1,10 +1,10 @@
 """A simulated MGM111 Zigbee module on a pseudo-terminal, speaking protocol.md byte for byte.
 
-Library (tests, tools/run_sim.py):
+Library (tests, sim/run_sim.py):
     sim = MgmSim(version=8, speedup=600); sim.start(); ... open sim.path ...; sim.stop()
     sim.set_fault('garbage', count=3); sim.clear_faults()
 CLI:
-    python3 tools/mgm_sim.py --version 8 [--fault NAME[:k=v,...] ...] [--link /tmp/mgm0] [--verbose]
+    python3 sim/mgm_sim.py --version 8 [--fault NAME[:k=v,...] ...] [--link /tmp/mgm0] [--verbose]
     then type `fault NAME [k=v ...]`, `clear`, `status` or `quit` on stdin.
 
 The meter behind the module is a model house with solar panels: a load of a few hundred watts plus

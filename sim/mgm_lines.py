@@ -3,7 +3,7 @@ line"): the inverse of firmware/decoders/mgm_log.py.
 
     T00000000:RX len 37, ep 01, clus 0x0702 (Simple Metering) FC 18 seq B7 cmd 01 payload[00 ... ]
 
-Used by the simulator (tools/mgm_sim.py) and the tests; CPython and MicroPython alike.
+Used by the simulator (sim/mgm_sim.py) and the tests; CPython and MicroPython alike.
 """
 
 CLUSTER_NAMES = {

@@ -1,6 +1,6 @@
 """Encoders for MGM111 frames and payloads: the inverse of firmware/decoders.
 
-Pure functions used by the tests and by the MGM simulator (tools/mgm_sim.py).
+Pure functions used by the tests and by the MGM simulator (sim/mgm_sim.py).
 They follow ../shared/docs/protocol.md byte for byte and run on CPython and
 MicroPython alike (no f-strings, no typing, struct only).
 """

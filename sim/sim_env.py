@@ -1,5 +1,5 @@
 """Run the firmware with no hardware: a private mosquitto and the firmware under the MicroPython
-unix port, pointed at a simulated MGM111. Used by `make sim` (tools/run_sim.py) and the tests."""
+unix port, pointed at a simulated MGM111. Used by `make sim` (sim/run_sim.py) and the tests."""
 import json
 import os
 import shutil
