@@ -303,8 +303,8 @@ class App:
         if topic.startswith(base + "/ota/"):
             if topic == base + "/ota/release":
                 self._ota().on_release(self, msg)
-            elif self.ota_job is not None:
-                self.ota_job.got = msg if topic == self.ota_job.want else self.ota_job.got
+            elif self.ota_job is not None and topic == self.ota_job.want:
+                self.ota_job.got = msg  # the chunk the install waits for
             return
         if not topic.startswith(base + "/cmd/"):
             return
