@@ -27,6 +27,9 @@ RX_LINES_PER_MIN = 30  # MGM received-message lines published on <base>/debug/rx
 ANNOUNCE_WAIT_S = 60  # announce without the MGM's version and MAC if it has not answered by then
 CRASH_CLEAR_MS = 600000  # this long without a crash resets main.py's crash counter
 PROBATION_S = 300  # an update must connect to MQTT and hear the MGM111 by then, or it is rolled back
+# Readings, or housekeeping steps, that found no memory for this long in a row: a clean restart
+# (not a crash: main.py's crash policy could stop the app for good after 3 of them).
+NO_MEMORY_S = 600
 
 
 def _remove(path):
@@ -146,6 +149,38 @@ class App:
 
     # --- from the meter ---
     def on_reading(self, r, payload):
+        try:
+            self._on_reading(r, payload)
+            self._short_r = None
+        except MemoryError:
+            # No room to publish this one (a transient peak, a fragmented heap, a broker outage
+            # with the connect code loaded): skipped, never a crash; the next reading carries the
+            # totals on (they are cumulative).
+            self._short_r = self._short_of_memory(self._short_r, "publishing readings")
+
+    # Since when readings / housekeeping have found no memory (None: the last reading, the last
+    # diag went out).
+    _short_r = None
+    _short_h = None
+
+    def _short_of_memory(self, since, what):
+        """A step skipped for want of memory: said once; restarts the board cleanly after NO_MEMORY_S
+        of it (this heap will not recover by itself). -> since, for the next call."""
+        gc.collect()
+        now = _ms()
+        if since is None:
+            log.warn("not enough free memory for %s now: skipped, retrying" % what)
+            return now
+        if time.ticks_diff(now, since) > NO_MEMORY_S * 1000 // self.cfg["debug"]["time_scale"]:
+            log.error("no free memory for %s for %d minutes: restarting" % (what, NO_MEMORY_S // 60))
+            try:
+                self.shutdown()  # state.json and "offline", if there is room for them
+            except MemoryError:
+                pass
+            self.board.reset()
+        return since
+
+    def _on_reading(self, r, payload):
         # A reading from an MGM log line went out on debug/rx already: it is no `r` payload.
         if self.raw_frames and self.meter.reading_source != "log":
             self._publish_raw(payload)
@@ -322,12 +357,14 @@ class App:
         return ota
 
     def _start_install(self):
-        rel, self.ota_start = self.ota_start, None
         gc.collect()
         import ota_job  # the install's code: in memory only while an install runs
-        self.ota_job = job = ota_job.Job(self, rel)
-        self.ota_dirty = True
+        job = ota_job.Job(self, self.ota_start)
         asyncio.create_task(job.run())
+        # Only now: an install that found no memory to start in is started at the next step.
+        self.ota_job = job
+        self.ota_start = None
+        self.ota_dirty = True
 
     def _probation(self):
         """The first minutes of an app installed over the air (loader.trial): healthy = connected
@@ -485,58 +522,65 @@ class App:
         crash_log = True
         while True:
             wdt.feed()
-            self.wifi.check()
-            mq = self.mqtt
-            self.leds.set("wifi", mq.connected)
-            if mq.connected:
-                if announcing is None:
-                    what = self._announcement()
-                    if what is not None:
-                        announcing = self._discovery(*what)
-                if announcing is not None and len(mq.outbox) < 4 and waiting not in mq.outbox:
-                    # One entity per step (a burst of 20 would block the loop), only while little
-                    # is queued, and once the last one is sent: ~0.7 KB each, the heap's peak.
-                    try:
-                        waiting = next(announcing)
-                    except StopIteration:
-                        announcing = None
-                        self.diag_due = True
-                if self.ota_dirty and announcing is None:
-                    self.ota_dirty = False
-                    job = self.ota_job
-                    if job is not None:
-                        mq.publish(self.base + "/ota/state", job.state_json(), True)
-                        mq.publish(self.base + "/ota/device", job.device_json(), True)
-                    else:
-                        ota = self._ota()
-                        mq.publish(self.base + "/ota/state", ota.state_json(self), True)
-                        mq.publish(self.base + "/ota/device", ota.device_json(self), True)
-                        ota = job = None
-                # Not while an install runs (its state goes out instead): the diag is ~1 KB, and the
-                # install's modules and manifest are the heap's peak then.
-                if self.ota_job is None and (
-                        self.diag_due or time.ticks_diff(_ms(), last_diag) >= self.diag_every_ms):
-                    self.diag_due = False
-                    last_diag = _ms()
-                    mq.publish(self.base + "/diag", self._diag(), True)
-            if self.state_dirty and time.ticks_diff(_ms(), last_save) >= STATE_SAVE_S * 1000:
-                last_save = _ms()
-                self._save_state()
-            sys.modules.pop("commands", None)  # imported by on_message while commands come
-            sys.modules.pop("ota", None)  # imported while a release is checked or the state published
-            if self.ota_job is None:
-                sys.modules.pop("ota_job", None)  # imported while an install runs
-                sys.modules.pop("probation", None)
-                if self.ota_start is not None:
-                    self._start_install()
-            if loader.trial is not None:
-                self._probation()
-            if crash_log and time.ticks_diff(_ms(), self.start_ms) > CRASH_CLEAR_MS:
-                crash_log = False
-                _remove("crash.log")
-            if self.restart_at is not None and time.ticks_diff(_ms(), self.restart_at) >= 0:
-                self.shutdown()
-                self.board.reset()
+            try:
+                self.wifi.check()
+                mq = self.mqtt
+                self.leds.set("wifi", mq.connected)
+                if mq.connected:
+                    if announcing is None:
+                        what = self._announcement()
+                        if what is not None:
+                            announcing = self._discovery(*what)
+                    if announcing is not None and len(mq.outbox) < 4 and waiting not in mq.outbox:
+                        # One entity per step (a burst of 20 would block the loop), only while little
+                        # is queued, and once the last one is sent: ~0.7 KB each, the heap's peak.
+                        try:
+                            waiting = next(announcing)
+                        except StopIteration:
+                            announcing = None
+                            self.diag_due = True
+                    if self.ota_dirty and announcing is None:
+                        job = self.ota_job
+                        if job is not None:
+                            mq.publish(self.base + "/ota/state", job.state_json(), True)
+                            mq.publish(self.base + "/ota/device", job.device_json(), True)
+                        else:
+                            ota = self._ota()
+                            mq.publish(self.base + "/ota/state", ota.state_json(self), True)
+                            mq.publish(self.base + "/ota/device", ota.device_json(self), True)
+                            ota = job = None
+                        self.ota_dirty = False  # published (a MemoryError above: tried again next step)
+                    # Not while an install runs (its state goes out instead): the diag is ~1 KB, and the
+                    # install's modules and manifest are the heap's peak then.
+                    if self.ota_job is None and (
+                            self.diag_due or time.ticks_diff(_ms(), last_diag) >= self.diag_every_ms):
+                        self.diag_due = False
+                        last_diag = _ms()
+                        mq.publish(self.base + "/diag", self._diag(), True)
+                        self._short_h = None  # the step's largest need (~1 KB) was met
+                if self.state_dirty and time.ticks_diff(_ms(), last_save) >= STATE_SAVE_S * 1000:
+                    last_save = _ms()
+                    self._save_state()
+                sys.modules.pop("commands", None)  # imported by on_message while commands come
+                sys.modules.pop("ota", None)  # imported while a release is checked or the state published
+                if self.ota_job is None:
+                    sys.modules.pop("ota_job", None)  # imported while an install runs
+                    sys.modules.pop("probation", None)
+                    if self.ota_start is not None:
+                        self._start_install()
+                if loader.trial is not None:
+                    self._probation()
+                if crash_log and time.ticks_diff(_ms(), self.start_ms) > CRASH_CLEAR_MS:
+                    crash_log = False
+                    _remove("crash.log")
+                if self.restart_at is not None and time.ticks_diff(_ms(), self.restart_at) >= 0:
+                    self.shutdown()
+                    self.board.reset()
+            except MemoryError:
+                # No room for this step's work now (the diag, the update entity's state, a flash
+                # save): what is left waits for the next step, never a crash for it.
+                self._short_h = self._short_of_memory(self._short_h, "housekeeping (diagnostics, "
+                                                                     "update state)")
             gc.collect()
             await asyncio.sleep_ms(100 if announcing is not None else 500)
 

@@ -27,6 +27,10 @@ SCHEMA = {
         "user": (None, "str?", 0, 128),
         "password": (None, "str?", 0, 128),
         "tls": (False, "bool", 0, 0),
+        # The CA certificate(s) that signed the broker's certificate: a .pem/.crt/.der file beside
+        # config.json (`make config` copies it). With it the broker must prove it is mqtt.host;
+        # without it TLS is encrypted but unchecked (the log says so, once per boot).
+        "ca_file": (None, "str?", 5, 64),
         "client_id": (None, "str?", 1, 64),  # default: vue-utility-<MGM MAC>
         "base_topic": (None, "str?", 1, 100),  # default: vue_utility/<device id>
         "discovery_prefix": ("homeassistant", "str", 1, 100),
@@ -143,6 +147,14 @@ def validate(cfg, board="esp32"):
         errors.append("wifi.ssid: required (the name of your Wi-Fi network)")
     if board == "unix" and not cfg["uart"]["device"]:
         errors.append("uart.device: required on the unix port (the simulated MGM111's pty)")
+    ca = cfg["mqtt"]["ca_file"]
+    if ca:
+        if not cfg["mqtt"]["tls"]:
+            errors.append("mqtt.ca_file: set, but mqtt.tls is false: turn TLS on (port 8883) or "
+                          "remove ca_file")
+        if not _plain_name(ca) or ca[-4:].lower() not in (".pem", ".crt", ".cer", ".der"):
+            errors.append("mqtt.ca_file: a file name beside config.json ending in .pem, .crt, .cer "
+                          "or .der (letters, digits, '-', '_', '.'), got %s" % json.dumps(ca))
     key = cfg["ota"]["key"]
     if key and not _hex(key):
         errors.append("ota.key: must be 64 hex digits (make ota-key writes one)")
@@ -151,6 +163,15 @@ def validate(cfg, board="esp32"):
         if t and ("#" in t or "+" in t or t.startswith("/") or t.endswith("/")):
             errors.append("mqtt.%s: no '#', '+' or leading/trailing '/' allowed" % topic)
     return errors
+
+
+def _plain_name(name):
+    if name[0] == ".":
+        return False
+    for c in name:
+        if not (c.isalpha() or c.isdigit() or c in "-_.") or ord(c) > 127:
+            return False
+    return True
 
 
 def _hex(text):
@@ -239,6 +260,25 @@ def load_file(path="config.json", secrets_path=None, board="esp32"):
             _merge(cfg, secrets)
     if not errors:
         errors = validate(cfg, board)
+    ca = None if errors else cfg["mqtt"]["ca_file"]  # a valid cfg has its sections: not before
+    if ca:
+        # Beside secrets.json: the top of the device's file system, also for a configuration an
+        # update brought (probation); on the host, the firmware/ folder.
+        d = (secrets_path or path).rpartition("/")[0]
+        import sys
+        try:
+            import ca_certs
+        except ImportError:  # the host tools import this file from firmware/, then take that off sys.path
+            sys.path.insert(0, __file__.rpartition("/")[0] or ".")
+            try:
+                import ca_certs
+            finally:
+                del sys.path[0]
+        try:
+            ca_certs.read(d + "/" + ca if d else ca)
+        except ValueError as e:
+            errors.append(str(e))
+        sys.modules.pop("ca_certs", None)  # the device loads it again at each TLS connect
     return cfg, errors
 
 

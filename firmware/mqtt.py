@@ -280,6 +280,7 @@ class Mqtt:
         m = cfg["mqtt"]
         self.host = m["host"]
         self.tls = m["tls"]
+        self.ca_file = m.get("ca_file")  # checks the broker's certificate (mqtt_connect._tls)
         self.port = m["port"] or (8883 if self.tls else 1883)
         self.user = m["user"]
         self.password = m["password"]
@@ -298,7 +299,11 @@ class Mqtt:
         self.connects = 0
         self.failures = 0
         self.refusals = 0  # input refused (too large, malformed, invalid commands): diag mqtt_refused
-        self.outbox = OrderedDict()  # topic -> (payload, retain), oldest first
+        self.outbox = OrderedDict()  # topic -> payload, oldest first
+        # The queued topics whose message is not retained (power, debug: few), instead of a
+        # (payload, retain) tuple per publish: five per reading, for years. A topic leaves it when
+        # its message leaves the outbox, so it holds no topic string longer than the outbox does.
+        self._plain = set()
         self.dropped = 0
         self._ai = None  # the broker's address, resolved once (a DNS lookup can block)
         self._acks = {}  # packet id -> (deadline, what): SUBACK/UNSUBACK awaited
@@ -313,13 +318,26 @@ class Mqtt:
 
     # --- what the app calls ---
     def publish(self, topic, payload, retain=False):
+        # The flag first: a MemoryError after it leaves at most a mark without a message.
+        if retain:
+            self._plain.discard(topic)
+        else:
+            self._plain.add(topic)
         box = self.outbox
         if topic in box:
             del box[topic]  # keep only the newest value, and move it to the end
         elif len(box) >= _OUTBOX_MAX:
-            del box[next(iter(box))]
+            self._take(next(iter(box)))
             self.dropped += 1
-        box[topic] = (payload, retain)
+        box[topic] = payload
+
+    def _take(self, topic):
+        """Removes topic's message from the outbox -> whether it was to be retained."""
+        del self.outbox[topic]
+        if topic in self._plain:
+            self._plain.discard(topic)
+            return False
+        return True
 
     def publish_parts(self, topic, parts, retain=False):
         """publish() for a payload in pieces (Parts): no single large block of heap needed."""
@@ -394,18 +412,16 @@ class Mqtt:
         w = self.wire
         while n and box and self.session:
             topic = next(iter(box))
-            payload, retain = box[topic]
             t = _view(topic)  # sized in bytes, not characters
-            p = _view(payload)
+            p = _view(box[topic])
             size = len(t) + len(p) + 7
             if size > _OUT_SIZE - _RESERVE:
-                del box[topic]
+                self._take(topic)
                 log.warn("MQTT message on %s too large to send (%d bytes): dropped" % (topic, size))
                 continue
             if _OUT_SIZE - (w.o1 - w.o0) < size + _RESERVE:
                 break  # the broker is slow to take them: the rest waits (the stall check bounds it)
-            del box[topic]
-            self._put(t, p, retain)
+            self._put(t, p, self._take(topic))
             n -= 1
         w.send()
 

@@ -1,6 +1,7 @@
 # MQTT's connect procedure (mqtt.py): in memory only while not connected; Mqtt.run imports it for
 # an attempt and drops it once connected (heap is scarce, and a connected device never needs it).
 # Every wait is bounded and non-blocking, as in mqtt.py: TCP connect, TLS handshake, CONNACK.
+import gc
 import select
 import socket
 import sys
@@ -93,10 +94,7 @@ async def _connect(mq):
         await asyncio.sleep_ms(10)
     p.unregister(s)
     if mq.tls:
-        import ssl
-        # do_handshake=False: the handshake advances inside our non-blocking reads and writes
-        # (each mbedTLS step still computes in one go: the key exchange costs CPU, not waiting).
-        w.s = ssl.wrap_socket(s, server_hostname=mq.host, do_handshake=False)
+        w.s = await _tls(mq, s)
     _connect_packet(mq, w)
     mq.session = True
     mq._acks = {}
@@ -118,6 +116,36 @@ async def _connect(mq):
         raise Refused(mq._connack)
     mq._ping_at = time.ticks_ms()
     mq._unanswered = None
+
+
+async def _tls(mq, s):
+    """The socket wrapped for TLS. The handshake is not done here: it advances inside our
+    non-blocking reads and writes (each mbedTLS step still computes in one go: the key exchange
+    and the certificate check cost CPU, not waiting)."""
+    import ssl
+    if not mq.ca_file:
+        if not getattr(mq, "_unchecked_said", False):
+            mq._unchecked_said = True  # once per boot: it is a setting, not an event
+            log.warn("MQTT over TLS without checking the broker's certificate (mqtt.ca_file is not "
+                     "set): encrypted, but anyone on the network path could pose as the broker")
+        return ssl.wrap_socket(s, server_hostname=mq.host, do_handshake=False)
+    import ca_certs
+    try:
+        ders = ca_certs.read(mq.ca_file, False)  # checked in full at boot (config.py)
+    finally:
+        sys.modules.pop("ca_certs", None)
+    gc.collect()  # its code and the file's text are garbage now: room for the handshake
+    await asyncio.sleep_ms(0)  # the file was one step; parsing the certificates is the next
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Required: a chain to one of these CAs and a certificate for mqtt.host (mbedTLS checks the
+    # name given as server_hostname against the certificate's names).
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        while ders:
+            ctx.load_verify_locations(cadata=ders.pop(0))  # each block freed once it is parsed
+    except ValueError as e:  # mbedTLS's own words: "invalid cert"
+        raise ValueError("mqtt.ca_file %s: mbedTLS cannot use this certificate (%s)" % (mq.ca_file, e))
+    return ctx.wrap_socket(s, server_hostname=mq.host, do_handshake_on_connect=False)
 
 
 class _Written(Exception):
@@ -201,9 +229,15 @@ def reason(e):
                 -2: "host name not found", -202: "host name not found", 12: "out of memory"}.get(c)
         if text:
             return text
+        if c == -0x2700:  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+            return ("its TLS certificate is not trusted (not from mqtt.ca_file's CA, or not for "
+                    "mqtt.host)")
         if c < -1:
             return "TLS error -0x%04x" % -c  # mbedTLS codes: negative
         return "error %d" % c
     if isinstance(e, Refused):
         return "refused by the broker (%s)" % e
-    return str(e) or type(e).__name__
+    m = "; ".join([x.strip() for x in str(e).split("\n") if x.strip()])  # mbedTLS: one finding a line
+    if isinstance(e, ValueError) and ("certificate" in m or "CN" in m) and not m.startswith("mqtt."):
+        return "its TLS certificate is not trusted: %s; check mqtt.ca_file and mqtt.host" % m
+    return m or type(e).__name__

@@ -94,6 +94,27 @@ def fmt_wh(h, l):
     return ("%d%09d" % (h, l)) if h else ("%d" % l)
 
 
+# A pair as three arguments of "%s%0*d" (fmt_wh's text, made inside one % with the rest of a
+# record): no string of its own per value, only the record's, on a path taken every reading.
+_WH = "%s%0*d"
+_V2_RECORD = '{"fmt": "v2", "in": %s, "out": %s, "m_net": %s}' % (_WH, _WH, _WH)
+_ZCL_IN_RECORD = '{"fmt": "zcl", "in": %s, "m_in": %s, "o_in": %s}' % (_WH, _WH, _WH)
+_ZCL_RECORD = _ZCL_IN_RECORD[:-1] + ', "out": %s, "m_out": %s, "o_out": %s}' % (_WH, _WH, _WH)
+
+
+def _wh_args(h, l, a, k):
+    if h < 0:  # as fmt_wh; the prefix is made only for a value below -10**9 Wh
+        if l:
+            h, l = -h - 1, GIGA - l
+        else:
+            h = -h
+        a[k] = ("-%d" % h) if h else "-"
+    else:
+        a[k] = h if h else ""
+    a[k + 1] = 9 if h else 0
+    a[k + 2] = l
+
+
 # Counter.step() results
 NONE = const(0)  # no value in this reading
 BAD = const(1)  # zero or negative: never a level
@@ -313,6 +334,9 @@ class ReadingFilter:
         self.rejected_scale = 0
         self.meter_resets = 0
         self.out = Accepted()
+        self._a9 = [0] * 9  # record(): the values' "%s%0*d" arguments, reused (3 or 6 values)
+        self._a18 = [0] * 18
+        self._text = [None, None, None]  # text(): reused
 
     @property
     def consumed(self):
@@ -372,9 +396,12 @@ class ReadingFilter:
         if not self.restored:
             return None
         if self.cl is not None:
+            a = self._a9
             c = self.net
-            return '{"fmt": "v2", "in": %s, "out": %s, "m_net": %s}' % (
-                fmt_wh(self.ch, self.cl), fmt_wh(self.rh, self.rl), fmt_wh(c.hi, c.lo))
+            _wh_args(self.ch, self.cl, a, 0)
+            _wh_args(self.rh, self.rl, a, 3)
+            _wh_args(c.hi, c.lo, a, 6)
+            return _V2_RECORD % tuple(a)
         i, e = self.imp, self.exp
         if i.pl is None or e.pl is None:
             # A counter not started yet: keep the loaded record's part of it (snapshot()).
@@ -385,12 +412,16 @@ class ReadingFilter:
             if slow:
                 s = self.snapshot()
                 return None if s is None else _json(s)
+        a = self._a9 if e.pl is None else self._a18
+        _wh_args(i.ph, i.pl, a, 0)
+        _wh_args(i.c.hi, i.c.lo, a, 3)
+        _wh_args(i.oh, i.ol, a, 6)
         if e.pl is None:
-            return '{"fmt": "zcl", "in": %s, "m_in": %s, "o_in": %s}' % (
-                fmt_wh(i.ph, i.pl), fmt_wh(i.c.hi, i.c.lo), fmt_wh(i.oh, i.ol))
-        return ('{"fmt": "zcl", "in": %s, "m_in": %s, "o_in": %s, "out": %s, "m_out": %s, '
-                '"o_out": %s}') % (fmt_wh(i.ph, i.pl), fmt_wh(i.c.hi, i.c.lo), fmt_wh(i.oh, i.ol),
-                                   fmt_wh(e.ph, e.pl), fmt_wh(e.c.hi, e.c.lo), fmt_wh(e.oh, e.ol))
+            return _ZCL_IN_RECORD % tuple(a)
+        _wh_args(e.ph, e.pl, a, 9)
+        _wh_args(e.c.hi, e.c.lo, a, 12)
+        _wh_args(e.oh, e.ol, a, 15)
+        return _ZCL_RECORD % tuple(a)
 
     def totals(self):
         """What to publish now, as ints: (consumed, returned, net); None where there is nothing."""
@@ -403,19 +434,26 @@ class ReadingFilter:
     def text(self):
         """What to publish now, as text for MQTT: (consumed, returned, net); None where there is
         nothing. ZCL's net is consumed - returned. Built from the pairs, never a long int."""
+        t = self._text  # a list reused, not a tuple per reading: unpacked at once by the caller
+        t[0] = t[1] = t[2] = None
         if not self.restored:
-            return None, None, None
+            return t
         if self.cl is not None:
             c = self.net
-            return (fmt_wh(self.ch, self.cl), fmt_wh(self.rh, self.rl) if self.rh or self.rl else None,
-                    fmt_wh(c.hi, c.lo))
+            t[0] = fmt_wh(self.ch, self.cl)
+            if self.rh or self.rl:
+                t[1] = fmt_wh(self.rh, self.rl)
+            t[2] = fmt_wh(c.hi, c.lo)
+            return t
         i, e = self.imp, self.exp
-        net = None
-        if i.pl is not None and e.pl is not None:
-            _sub(i.ph, i.pl, e.ph, e.pl)
-            net = fmt_wh(_P[0], _P[1])
-        return (fmt_wh(i.ph, i.pl) if i.pl is not None else None,
-                fmt_wh(e.ph, e.pl) if e.pl is not None else None, net)
+        if i.pl is not None:
+            t[0] = fmt_wh(i.ph, i.pl)
+        if e.pl is not None:
+            t[1] = fmt_wh(e.ph, e.pl)
+            if i.pl is not None:
+                _sub(i.ph, i.pl, e.ph, e.pl)
+                t[2] = fmt_wh(_P[0], _P[1])
+        return t
 
     # --- readings ---
     def apply(self, r, now):

@@ -45,3 +45,162 @@ def test_a_dying_task_ends_the_app_instead_of_leaving_it_half_alive(tmp_path):
     p = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env, capture_output=True,
                        text=True, timeout=30)
     assert "RESULT raised wifi driver fault" in p.stdout, p.stdout + p.stderr
+
+
+NO_MEMORY_SCRIPT = r"""
+import binascii, json
+import app
+import config
+import decoders
+import null_board
+
+import time
+cfg = config.defaults()
+cfg["mqtt"]["host"] = "127.0.0.1"
+cfg["debug"]["time_scale"] = 1000  # app.NO_MEMORY_S (10 minutes) is 0.6 s here
+a = app.App(cfg, null_board)
+a.filter.restore({})  # as after the first connect, nothing retained: totals are published
+a.restore_done = True
+real = a.mqtt.publish
+short = [0]  # publishes still to fail
+
+
+def publish(topic, payload, retain=False):
+    if short[0]:
+        short[0] -= 1
+        raise MemoryError("memory allocation failed")
+    real(topic, payload, retain)
+
+
+a.mqtt.publish = publish
+out = []
+with open("payloads.hex") as f:
+    payloads = [binascii.unhexlify(x) for x in f.read().split()]
+for k, (p, fail) in enumerate(zip(payloads, %s)):
+    short[0] = fail
+    r = decoders.decode(p, decoders.Reading())
+    try:
+        a.on_reading(r, p)
+        res = "ok"
+    except MemoryError:
+        res = "raised"
+    except SystemExit as e:
+        res = "restart %%s" %% e
+    out.append([res, a.mqtt.outbox.get(a.t_in)])
+    a.mqtt.outbox.clear()
+    if res != "ok":
+        break
+    time.sleep_ms(100)  # a reading every 100 ms: 6 s of the device's time each
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_no_memory(tmp_path, failures):
+    """app.App.on_reading for one ZCL reading a second (totals +1 Wh each), each reading's
+    publishes failing with MemoryError `failures[k]` times -> [(ok|raised, energy/in published)]."""
+    import json
+    import mgm_payloads
+    payloads = [mgm_payloads.zcl_payload(seq=k & 0xFF, import_raw=5000 + k, export_raw=7, demand_raw=500)
+                for k in range(len(failures))]
+    (tmp_path / "payloads.hex").write_text(" ".join(p.hex() for p in payloads))
+    script = tmp_path / "no_memory.py"
+    script.write_text(NO_MEMORY_SCRIPT % (list(failures),))
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join(
+        [sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "sim"), sim_env.LIB, ".frozen"]))
+    p = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env, capture_output=True,
+                       text=True, timeout=30)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, p.stdout + p.stderr
+    return json.loads(line[0][7:]), p.stdout
+
+
+def test_a_reading_that_finds_no_memory_is_skipped_in_words_and_the_next_one_goes_on(tmp_path):
+    # The filter needs 3 agreeing readings before a first total; then some readings find no memory
+    # to be published in (1 or all of their publishes), then memory is back.
+    fails = [0, 0, 0, 0, 1, 5, 2, 0, 0]
+    got, said = run_no_memory(tmp_path, fails)
+    assert [res for res, _ in got] == ["ok"] * len(fails)  # no restart of the firmware for it
+    published = [v for _, v in got]
+    assert published[7] is not None and published[8] is not None
+    assert int(published[8]) > int(published[7])  # the series goes on after the skipped ones
+    totals = [int(v) for v in published if v is not None]
+    assert totals == sorted(totals)
+    assert said.count("not enough free memory for publishing readings now") == 1, said
+
+
+def test_readings_that_never_find_memory_end_in_a_clean_restart(tmp_path):
+    # 10 minutes of the device's time without memory for any reading (0.6 s here): this heap will
+    # not recover by itself. A restart, said in words, and not a crash (main.py's crash policy
+    # could stop the app for good after 3 of them: a long broker outage must never do that).
+    got, said = run_no_memory(tmp_path, [0, 0, 0, 0] + [99] * 20)
+    results = [res for res, _ in got]
+    assert results[-1] == "restart 3", results
+    assert "raised" not in results
+    assert 4 + 5 <= len(results) - 1 <= 4 + 8, results  # about 0.6 s of readings 0.1 s apart
+    assert "no free memory for publishing readings for 10 minutes: restarting" in said
+
+
+HOUSEKEEPING_SCRIPT = r"""
+import asyncio
+import app
+import config
+import null_board
+
+cfg = config.defaults()
+cfg["mqtt"]["host"] = "127.0.0.1"
+cfg["debug"]["time_scale"] = 1000  # app.NO_MEMORY_S (10 minutes) is 0.6 s here
+a = app.App(cfg, null_board)
+
+
+async def connected(network_up):  # as if the broker were there: housekeeping publishes
+    a.mqtt.connected = True
+    while True:
+        await asyncio.sleep_ms(1000)
+
+
+a.mqtt.run = connected
+a.mqtt.publish = lambda t, p, retain=False: published.append(t)
+published = []
+real = a._diag
+fails = [%d]
+
+
+def diag():
+    if fails[0]:
+        fails[0] -= 1
+        raise MemoryError("memory allocation failed")
+    return real()
+
+
+a._diag = diag
+try:
+    asyncio.run(asyncio.wait_for(a.main(), 2))
+    print("RESULT returned")
+except asyncio.TimeoutError:
+    print("RESULT running, diag published %%d times" %% published.count(a.base + "/diag"))
+except SystemExit as e:
+    print("RESULT restart %%s" %% e)
+"""
+
+
+def run_housekeeping(tmp_path, fails):
+    script = tmp_path / "housekeeping.py"
+    script.write_text(HOUSEKEEPING_SCRIPT % fails)
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join(
+        [sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "sim"), sim_env.LIB, ".frozen"]))
+    p = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env, capture_output=True,
+                       text=True, timeout=30)
+    return p.stdout + p.stderr
+
+
+def test_a_diag_that_finds_no_memory_waits_for_the_next_step_instead_of_crashing(tmp_path):
+    out = run_housekeeping(tmp_path, 2)
+    assert "RESULT running, diag published" in out and "Traceback" not in out, out
+    assert "RESULT running, diag published 0 times" not in out, out
+    assert out.count("not enough free memory for housekeeping") == 1, out
+
+
+def test_housekeeping_that_never_finds_memory_ends_in_a_clean_restart(tmp_path):
+    out = run_housekeeping(tmp_path, 10 ** 6)
+    assert "RESULT restart 3" in out and "Traceback" not in out, out
+    assert "no free memory for housekeeping (diagnostics, update state) for 10 minutes: restarting" in out

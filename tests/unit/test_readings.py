@@ -385,7 +385,7 @@ def test_text_of_negative_and_small_pairs():
 def test_zcl_net_may_be_negative_in_text():
     f = new()
     feed(f, [R(imp=1000 + k, exp=5000 + k) for k in range(CONFIRM)])
-    assert f.text() == ("1002", "5002", "-4000")
+    assert tuple(f.text()) == ("1002", "5002", "-4000")
 
 
 def test_a_total_no_meter_can_show_is_a_bad_value_like_zero():
@@ -393,6 +393,18 @@ def test_a_total_no_meter_can_show_is_a_bad_value_like_zero():
     got = imports(f, [10 ** 11, 10 ** 11, 10 ** 11, 10 ** 12, 5, 6, 7, 8])
     assert [v for v in got if v is not None] == [7, 8]
     assert f.rejected_wh == 4
+
+
+def test_record_values_are_written_as_fmt_wh_writes_them():
+    # record() formats each pair inside one "%s%0*d" per value: same digits as fmt_wh, any sign/size
+    g = readings.GIGA
+    a = [0] * 3
+    for h in (-101, -2, -1, 0, 1, 2, 99, 100):
+        for l in (0, 1, 9, 10, 123456, g // 2, g - 1):
+            readings._wh_args(h, l, a, 0)
+            text = readings._WH % tuple(a)
+            assert text == readings.fmt_wh(h, l), (h, l, text)
+            assert int(text) == h * g + l, (h, l, text)
 
 
 def test_the_record_text_is_the_snapshot():
