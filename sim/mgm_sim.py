@@ -505,13 +505,17 @@ class MgmSim:
                 imp = exp = 0
             if self.version in UNKNOWN_LAYOUT:
                 return self._unknown_payload(seq, imp, exp, power_raw, t)
-            return P.zcl_payload(
-                seq=seq,
-                import_raw=None if "energy" in fields or "import" in fields else imp,
-                export_raw=None if not self.has_export or "export" in fields else exp,
-                multiplier=None if "multiplier" in fields else self.multiplier,
-                divisor=None if "divisor" in fields else self.divisor,
-                demand_raw=None if "power" in fields else power_raw)
+            return self._zcl(seq, imp, exp, power_raw, fields)
+
+    def _zcl(self, seq, imp, exp, power_raw, fields):
+        """The ZCL payload of a meter message; `fields` names the values the meter left out."""
+        return P.zcl_payload(
+            seq=seq,
+            import_raw=None if "energy" in fields or "import" in fields else imp,
+            export_raw=None if not self.has_export or "export" in fields else exp,
+            multiplier=None if "multiplier" in fields else self.multiplier,
+            divisor=None if "divisor" in fields else self.divisor,
+            demand_raw=None if "power" in fields else power_raw)
 
     def _unknown_payload(self, seq, imp, exp, power_raw, t):
         """A made-up 64-byte layout (neither 152 bytes nor `18 xx 01`): what an undocumented MGM
@@ -537,13 +541,7 @@ class MgmSim:
         seq, imp, exp, power_raw, fields, glitch = self._meter_msg
         if glitch is not None:
             imp += glitch.get("jump", 1000000)
-        return P.zcl_payload(
-            seq=seq,
-            import_raw=None if "energy" in fields or "import" in fields else imp,
-            export_raw=None if not self.has_export or "export" in fields else exp,
-            multiplier=None if "multiplier" in fields else self.multiplier,
-            divisor=None if "divisor" in fields else self.divisor,
-            demand_raw=None if "power" in fields else power_raw + delta_w)
+        return self._zcl(seq, imp, exp, power_raw + delta_w, fields)
 
     def _rx_text(self, payload):
         """The log text around one `r` answer at loglevel 20 -> (before the frame, after it)."""

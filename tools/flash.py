@@ -198,12 +198,19 @@ POINTER = "app.json"
 FS_BLOCK = 4096  # LittleFS: a file takes whole blocks, and one more for its metadata
 
 
-def load_config(fw_dir):
+def firmware_module(fw_dir, name):
+    """A pure firmware module (config, ca_certs), the device's own code, imported on the host from
+    fw_dir without leaving fw_dir on sys.path (its modules would shadow the host's)."""
+    import importlib
     sys.path.insert(0, fw_dir)
     try:
-        import config
+        return importlib.import_module(name)
     finally:
         sys.path.remove(fw_dir)
+
+
+def load_config(fw_dir):
+    config = firmware_module(fw_dir, "config")
     secrets = os.path.join(fw_dir, "secrets.json")
     cfg, errors = config.load_file(os.path.join(fw_dir, "config.json"), secrets)
     if errors:
@@ -492,10 +499,10 @@ def check_copies(port, expected, then):
                        % (remote, "missing" if size is None else "%s bytes, sha256 %s" % (size, sha), then))
 
 
-def probe(port, fw_dir=None):
-    top = ROOT_FILES + (data_files(fw_dir) if fw_dir else DATA_FILES)
+def probe(port, data=DATA_FILES):
+    """data: the configuration's files (data_files) whose sha256 on the device is wanted too."""
     return on_device(port, _PROBE % {"manifest": MANIFEST, "pointer": POINTER, "slots": SLOTS,
-                                     "top": top}, "reading the app layout")
+                                     "top": ROOT_FILES + data}, "reading the app layout")
 
 
 def booting_slot(state):
@@ -517,17 +524,17 @@ def replace_files(port, pairs, what):
     on_device(port, _RENAME % ([(name + ".tmp", name) for local, name in pairs],), "renaming " + what)
 
 
-def data_files(fw_dir):
-    """The configuration's files: secrets.json, config.json (validated) and mqtt.ca_file if set."""
-    ca = load_config(fw_dir)["mqtt"]["ca_file"]
+def data_files(cfg):
+    """The configuration's files, for cfg (load_config): secrets.json, config.json and
+    mqtt.ca_file if set."""
+    ca = cfg["mqtt"]["ca_file"]
     return DATA_FILES + ((ca,) if ca else ())
 
 
-def push_data(port, fw_dir, state):
-    """The configuration's files (data_files), when they differ from the device's. The CA file
-    goes first: a config that names it never waits for it."""
-    names = data_files(fw_dir)
-    names = names[len(DATA_FILES):] + names[:len(DATA_FILES)]
+def push_data(port, fw_dir, state, data):
+    """The configuration's files (data: data_files), when they differ from the device's. The CA
+    file goes first: a config that names it never waits for it."""
+    names = data[len(DATA_FILES):] + data[:len(DATA_FILES)]
     pairs = [(os.path.join(fw_dir, n), n) for n in names
              if os.path.exists(os.path.join(fw_dir, n))
              and state["sha"].get(n) != sha256_file(os.path.join(fw_dir, n))]
@@ -535,13 +542,14 @@ def push_data(port, fw_dir, state):
     return [n for _, n in pairs]
 
 
-def deploy(port, fw_dir, lib_dir):
-    """Install the app in the slot that is not booting, then switch to it. -> (slot, version)."""
+def deploy(port, fw_dir, lib_dir, data):
+    """Install the app in the slot that is not booting, then switch to it, and the configuration's
+    files (data: data_files) when they changed. -> (slot, version)."""
     with tempfile.TemporaryDirectory(prefix="vue-deploy-") as stage:
         files = stage_app(fw_dir, lib_dir, stage)
         slot_dir, root_dir = os.path.join(stage, "slot"), os.path.join(stage, "root")
         version = app_version(fw_dir)
-        state = probe(port, fw_dir)
+        state = probe(port, data)
         booting = booting_slot(state)
         target = next(s for s in sorted(SLOTS, key=lambda s: s == state["active"]) if s != booting)
         kept = ("the device still boots its previous app (in %s)" % booting if booting else
@@ -566,7 +574,7 @@ def deploy(port, fw_dir, lib_dir):
         check_copies(port, {target + "/" + MANIFEST: os.path.join(slot_dir, MANIFEST)}, kept)
         on_device(port, _SWITCH % {"pointer": POINTER, "slot": target}, "switching to " + target)
         print("Switched to %s%s" % (target, " (the previous app stays in %s)" % booting if booting else ""))
-        pushed = push_data(port, fw_dir, state)
+        pushed = push_data(port, fw_dir, state, data)
         changed = [(os.path.join(root_dir, n), n) for n in ROOT_FILES
                    if state["sha"].get(n) != sha256_file(os.path.join(root_dir, n))]
         replace_files(port, changed, "boot.py, main.py and loader")
@@ -630,7 +638,7 @@ def cmd_backup(args, tool):
 
 def cmd_flash(args, tool):
     image = find_image(args.image)  # everything checkable on the host first
-    load_config(args.firmware_dir)
+    data = data_files(load_config(args.firmware_dir))
     with tempfile.TemporaryDirectory(prefix="vue-deploy-") as stage:
         stage_app(args.firmware_dir, args.lib_dir, stage)  # compiles: fails now, not mid-way
     step(1, 5, "identifying the chip on %s" % tool.port)
@@ -647,7 +655,7 @@ def cmd_flash(args, tool):
     print("Release GPIO0 and press RESET (or power-cycle) so the board starts MicroPython ...")
     wait_for_micropython(tool.port, args.wait or 60)
     keep_fed(tool.port)
-    slot, version = deploy(tool.port, args.firmware_dir, args.lib_dir)
+    slot, version = deploy(tool.port, args.firmware_dir, args.lib_dir, data)
     restart(tool.port)
     print("\nDone: the device restarts with the app (version %s, in %s); `make console` shows "
           "its log." % (version, slot))
@@ -671,12 +679,12 @@ def cmd_restore(args, tool):
 
 
 def cmd_deploy(args, port):
-    load_config(args.firmware_dir)
+    data = data_files(load_config(args.firmware_dir))
     step(1, 2, "waiting for MicroPython on %s (this stops the app if it runs)" % port)
     wait_for_micropython(port, args.wait or 20)
     keep_fed(port)
     step(2, 2, "installing the app")
-    slot, version = deploy(port, args.firmware_dir, args.lib_dir)
+    slot, version = deploy(port, args.firmware_dir, args.lib_dir, data)
     restart(port)
     print("\nDone: the device restarts with version %s (in %s); `make console` shows its log."
           % (version, slot))
@@ -684,15 +692,14 @@ def cmd_deploy(args, port):
 
 def cmd_config(args, port):
     cfg = load_config(args.firmware_dir)
-    sys.path.insert(0, args.firmware_dir)
-    import config
-    sys.path.remove(args.firmware_dir)
+    config = firmware_module(args.firmware_dir, "config")
     print("config.json is valid:\n" + json.dumps(config.redacted(cfg), indent=1, sort_keys=True))
     step(1, 2, "waiting for MicroPython on %s (this stops the app if it runs)" % port)
     wait_for_micropython(port, args.wait or 20)
     keep_fed(port)
     step(2, 2, "copying the configuration")
-    pushed = push_data(port, args.firmware_dir, probe(port, args.firmware_dir))
+    data = data_files(cfg)
+    pushed = push_data(port, args.firmware_dir, probe(port, data), data)
     restart(port)
     print("\nDone: %s; the device restarts and reads it." % (
         "copied " + " and ".join(pushed) if pushed else "the device already had this configuration"))

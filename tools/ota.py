@@ -139,19 +139,10 @@ def check_version(v):
         raise Fail("the version must be 1 to %d printable characters, got %r" % (VERSION_MAX, v))
 
 
-def config_module(fw_dir):
-    sys.path.insert(0, fw_dir)
-    try:
-        import config
-    finally:
-        sys.path.remove(fw_dir)
-    return config
-
-
 def config_bytes(fw_dir):
     """config.json as it goes to the device: checked as the device will, and free of secrets (the
     chunks sit on the broker for anyone subscribed to read)."""
-    config = config_module(fw_dir)
+    config = flash.firmware_module(fw_dir, "config")
     path = os.path.join(fw_dir, "config.json")
     cfg, errors = config.load_file(path, None, "host")
     if not errors:
@@ -345,7 +336,7 @@ class Link:
 # ---- publish -----------------------------------------------------------------------------------
 def mqtt_settings(fw_dir):
     """config.json + secrets.json -> the loaded config (only the broker settings and key matter)."""
-    config = config_module(fw_dir)
+    config = flash.firmware_module(fw_dir, "config")
     cfg, errors = config.load_file(os.path.join(fw_dir, "config.json"),
                                    os.path.join(fw_dir, "secrets.json"), "host")
     if errors:
@@ -358,13 +349,8 @@ def broker_cas(fw_dir, cfg):
     name = cfg["mqtt"].get("ca_file")
     if not name:
         return None
-    sys.path.insert(0, fw_dir)
     try:
-        import ca_certs
-    finally:
-        sys.path.remove(fw_dir)
-    try:
-        return ca_certs.read(os.path.join(fw_dir, name))
+        return flash.firmware_module(fw_dir, "ca_certs").read(os.path.join(fw_dir, name))
     except ValueError as e:
         raise Fail(str(e))
 
