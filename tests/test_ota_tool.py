@@ -299,9 +299,10 @@ class Reader:
     def subscribe(self, filt):
         """Subscribed, and every retained message for it received -> their index range start."""
         ping = "test-sync/" + secrets.token_hex(4)
+        with self.cond:  # counted before subscribing: the retained ones can arrive at once
+            start = len(self.msgs)
         self.c.subscribe(filt, 0)
         self.c.subscribe(ping, 0)
-        start = len(self.msgs)
         self.c.publish(ping, b"x")
         self._wait(lambda: any(t == ping for t, p, r in self.msgs[start:]))
         return start
