@@ -190,9 +190,9 @@ class App:
         if w is not None and (
                 self.last_power is None or abs(w - self.last_power) >= self.min_change_w
                 or (self.power_max_ms and time.ticks_diff(now, self.last_power_ms) >= self.power_max_ms)):
-            self.last_power = w
-            self.last_power_ms = now
             self.mqtt.publish(self.t_power, str(w))
+            self.last_power = w  # after the publish: one skipped for want of memory is not "sent"
+            self.last_power_ms = now
         # Totals come only from the filter: None before our retained ones were read back, and for
         # any value that may not reach HA (zero, missing, a glitch, a jump not yet believed).
         if a.imp_lo is None and a.exp_lo is None:  # pairs (readings.py): never a long int here
@@ -213,7 +213,6 @@ class App:
         imp, exp, net = f.text()
         if imp is None and exp is None:
             return
-        self.last_energy_ms = _ms()
         p = self.mqtt.publish
         # Our record first (sent first: the outbox keeps order), then the totals: after a reboot
         # the record is never older than the totals HA saw, so the series continues exactly.
@@ -226,6 +225,7 @@ class App:
             p(self.t_out, str(exp), True)
         if net is not None:
             p(self.t_net, str(net), True)
+        self.last_energy_ms = _ms()  # queued, all of them (a MemoryError above: the next reading)
 
     def _publish_raw(self, payload, error=None):
         d = {
@@ -522,6 +522,7 @@ class App:
         crash_log = True
         while True:
             wdt.feed()
+            short = False
             try:
                 self.wifi.check()
                 mq = self.mqtt
@@ -539,6 +540,12 @@ class App:
                         except StopIteration:
                             announcing = None
                             self.diag_due = True
+                        except MemoryError:
+                            # Out of the generator's own handler: the generator is finished, with
+                            # entities left unannounced. All of them again, at a later step.
+                            announcing = None
+                            self.discovery_due = True
+                            raise
                     if self.ota_dirty and announcing is None:
                         job = self.ota_job
                         if job is not None:
@@ -548,19 +555,22 @@ class App:
                             ota = self._ota()
                             mq.publish(self.base + "/ota/state", ota.state_json(self), True)
                             mq.publish(self.base + "/ota/device", ota.device_json(self), True)
-                            ota = job = None
                         self.ota_dirty = False  # published (a MemoryError above: tried again next step)
                     # Not while an install runs (its state goes out instead): the diag is ~1 KB, and the
                     # install's modules and manifest are the heap's peak then.
                     if self.ota_job is None and (
                             self.diag_due or time.ticks_diff(_ms(), last_diag) >= self.diag_every_ms):
-                        self.diag_due = False
-                        last_diag = _ms()
                         mq.publish(self.base + "/diag", self._diag(), True)
-                        self._short_h = None  # the step's largest need (~1 KB) was met
+                        self.diag_due = False  # sent: a MemoryError above tries it again next step
+                        last_diag = _ms()
                 if self.state_dirty and time.ticks_diff(_ms(), last_save) >= STATE_SAVE_S * 1000:
-                    last_save = _ms()
                     self._save_state()
+                    last_save = _ms()
+            except MemoryError:
+                short = True
+            try:
+                # Also after a step that found no memory: what these free is what the next one needs.
+                ota = job = None
                 sys.modules.pop("commands", None)  # imported by on_message while commands come
                 sys.modules.pop("ota", None)  # imported while a release is checked or the state published
                 if self.ota_job is None:
@@ -577,10 +587,12 @@ class App:
                     self.shutdown()
                     self.board.reset()
             except MemoryError:
-                # No room for this step's work now (the diag, the update entity's state, a flash
-                # save): what is left waits for the next step, never a crash for it.
-                self._short_h = self._short_of_memory(self._short_h, "housekeeping (diagnostics, "
-                                                                     "update state)")
+                short = True
+            # No room for a part of this step (an announcement, the diag, the update entity's state, a
+            # flash save, an install's start): it is tried again at the next step, never a crash for
+            # it. Restarted only when no step has found room for NO_MEMORY_S.
+            self._short_h = self._short_of_memory(self._short_h, "housekeeping (diagnostics, update "
+                                                  "state, saving, installing)") if short else None
             gc.collect()
             await asyncio.sleep_ms(100 if announcing is not None else 500)
 

@@ -6,7 +6,7 @@ import binascii
 import os
 
 MAX_BYTES = 8192  # a CA or a few (PEM: ~1-2 KB each); a larger file is the wrong one
-_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n\t "
+_SPACE = (b"\n", b"\r", b" ", b"\t")  # what PEM text may hold besides base64
 _BEGIN = b"-----BEGIN CERTIFICATE-----"
 _END = b"-----END CERTIFICATE-----"
 
@@ -49,8 +49,8 @@ def _too_large(what, n):
 
 def ders(data, what="the CA file", strict=True):
     """bytes of a .pem/.crt/.der file -> [DER bytes, ...]; ValueError in words when it is not one.
-    strict: also every character of the PEM text (config.py, once; a byte at a time in Python is
-    slow on the ESP32 at every connect, where mbedTLS checks the certificates anyway)."""
+    strict: also every character of the PEM text (config.py: at boot, in an update's check and on
+    the host; at each connect mbedTLS checks the certificates anyway)."""
     if not data:
         raise ValueError("%s is empty" % what)
     if len(data) > MAX_BYTES:
@@ -71,13 +71,15 @@ def ders(data, what="the CA file", strict=True):
         j = data.find(_END, i)
         if j < 0:
             raise ValueError("%s: a certificate has no END line (cut short?)" % what)
-        body = memoryview(data)[i + len(_BEGIN):j]  # not a copy: this runs at each TLS connect
-        if strict:
-            for c in body:
-                if c not in _B64:
-                    raise ValueError("%s: a certificate's text is damaged (not base64)" % what)
+        i += len(_BEGIN)
         try:
-            out += _split_der(binascii.a2b_base64(body), what)
+            der = binascii.a2b_base64(memoryview(data)[i:j])  # a view: this runs at each TLS connect
+            # strict: the decoders skip what is not base64 without a word, so a damaged character
+            # shows only as text longer than what was decoded (4 characters per 3 bytes). Counted
+            # in C, not a byte at a time: this also runs inside an update's install step.
+            if strict and j - i - sum(data.count(c, i, j) for c in _SPACE) != (len(der) + 2) // 3 * 4:
+                raise ValueError("%s: a certificate's text is damaged (not base64)" % what)
+            out += _split_der(der, what)
         except ValueError as e:
             raise ValueError(str(e) if what in str(e) else "%s: a certificate's text is damaged" % what)
         prev = j + len(_END)
@@ -99,4 +101,28 @@ def read(path, strict=True):
     except OSError:
         raise ValueError("%s: file not found (it goes beside config.json; `make config` copies it "
                          "to the device)" % what)
-    return ders(data, what, strict)
+    out = ders(data, what, strict)
+    if strict:
+        _usable(out, what)
+    return out
+
+
+def _usable(blocks, what):
+    """On the device, each certificate parsed by the TLS library that loads it at connect: one it
+    cannot use (an Ed25519 CA, a certificate request) would otherwise pass here and then fail every
+    connect, retried for ever. The host's TLS library is another one: there, the device says it."""
+    import sys
+    if sys.implementation.name != "micropython":
+        return
+    try:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    except (ImportError, AttributeError):
+        return  # a port without TLS: mqtt.tls fails at connect, in words
+    for k in range(len(blocks)):
+        try:
+            ctx.load_verify_locations(cadata=blocks[k])
+        except (ValueError, OSError) as e:
+            raise ValueError("%s: certificate %d of %d cannot be used by this device's TLS library "
+                             "(%s); it takes CA certificates with RSA or ECDSA keys"
+                             % (what, k + 1, len(blocks), e))

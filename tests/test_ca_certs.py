@@ -162,3 +162,53 @@ def test_config_checks_the_ca_file_before_it_is_used(cas, tmp_path):
         e = configured(tmp_path, name)
         assert any(x.startswith("mqtt.ca_file: a file name beside config.json") for x in e), (name, e)
     assert configured(tmp_path, ".pem") == ["mqtt.ca_file: must be 5 to 64 characters long"]
+
+
+def _unusable_cas():
+    """What passes for a certificate by its shape but mbedTLS cannot trust: an Ed25519 CA (most
+    mbedTLS builds lack the algorithm) and a certificate signing request (a SEQUENCE of SEQUENCEs
+    too) -> [(name, PEM bytes)]."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.x509.oid import NameOID
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ed25519.Ed25519PrivateKey.generate()
+    ed = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=9))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, None))
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(
+        ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    pem = serialization.Encoding.PEM
+    csr_pem = csr.public_bytes(pem).replace(b"CERTIFICATE REQUEST", b"CERTIFICATE")  # renamed, as people do
+    return [("ed25519.pem", ed.public_bytes(pem)), ("request.crt", csr_pem)]
+
+
+def test_the_device_refuses_at_boot_a_ca_its_tls_library_cannot_use(cas, tmp_path):
+    # Otherwise every connect fails the same way, retried for ever, and the user sees no safe mode.
+    # config.py on the real MicroPython, whose mbedTLS is the one that loads the file at connect.
+    files = [("rsa.pem", cas[0][0]), ("ec.der", cas[2][1])] + _unusable_cas()
+    files.append(("bundle.pem", cas[0][0] + files[2][1]))  # a good CA, then one it cannot use
+    for name, data in files:
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "secrets.json").write_text("{}")
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import config, json\n"
+        "out = []\n"
+        "for name in %r:\n"
+        "    with open('config.json', 'w') as f:\n"
+        "        json.dump({'wifi': {'ssid': 'home'}, 'mqtt': {'host': 'b.lan', 'tls': True, 'ca_file': name}}, f)\n"
+        "    out.append(config.load_file('config.json', 'secrets.json')[1])\n"
+        "print(json.dumps(out))\n" % [n for n, _ in files])
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([os.path.dirname(ca_certs.__file__), ".frozen"]))
+    r = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rsa, ec_der, ed, req, bundle = json.loads(r.stdout)
+    assert rsa == [] and ec_der == []
+    for errors, which in ((ed, "1 of 1"), (req, "1 of 1"), (bundle, "2 of 2")):
+        assert len(errors) == 1 and "certificate %s cannot be used by this device's TLS library" % which \
+            in errors[0] and "RSA or ECDSA" in errors[0], errors
