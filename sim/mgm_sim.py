@@ -118,7 +118,9 @@ class MgmSim:
         self.rx_lines = version != 2 if rx_lines is None else bool(rx_lines)
         self.rx_other = rx_other  # chance of a line for another cluster per reading
         self.rx_position = rx_position  # the 0x0702 line before or after the `r` answer
-        self.rx_sent = []  # every received-message line printed: t, cluster, zcl, cut, split, mismatch
+        # every received-message line printed: t, cluster, zcl, cut, split, mismatch, frames (how many
+        # frames were sent before it: the line belongs with the answer at sent_frames[frames])
+        self.rx_sent = []
         self.received = bytearray()  # every byte the host wrote to the module
         self._meter_msg = None  # the meter message behind the last reading (seq, imp, exp, power_raw, fields, glitch)
         self._kr = random.Random(seed ^ 0x5EC)  # the network key only: leaves self.rng's sequence alone
@@ -564,7 +566,8 @@ class MgmSim:
         tail = end + got_meter_rsp(zcl).encode() + b"\r\n"
         with self.lock:
             self.rx_sent.append({"t": self.now(), "cluster": 0x0702, "zcl": zcl, "cut": cut is not None,
-                                 "split": split is not None, "mismatch": mm is not None})
+                                 "split": split is not None, "mismatch": mm is not None,
+                                 "frames": len(self.sent_frames)})
         if split is not None:
             at = split.get("at", self.rng.randint(1, len(line) - 1))
             return pre + line[:at], line[at:] + tail
@@ -579,7 +582,7 @@ class MgmSim:
             bytes(self.rng.randrange(256) for _ in range(self.rng.randint(0, 24)))
         with self.lock:
             self.rx_sent.append({"t": self.now(), "cluster": cluster, "zcl": zcl, "cut": False,
-                                 "split": False, "mismatch": False})
+                                 "split": False, "mismatch": False, "frames": len(self.sent_frames)})
         return rx_line(cluster, zcl, ts=ms).encode() + b"\r\n"
 
     def _key_text(self):

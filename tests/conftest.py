@@ -4,6 +4,12 @@ import os
 import sys
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline for any property test: on a loaded 2-core CI machine an example may
+# stall past Hypothesis's 200 ms default without a fault in the code.
+settings.register_profile("no-deadline", deadline=None)
+settings.load_profile("no-deadline")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for p in ("tools", "sim", "firmware"):

@@ -98,8 +98,9 @@ print("RESULT " + json.dumps(out))
 
 def run_no_memory(tmp_path, failures, reporting=None):
     """app.App.on_reading for one ZCL reading a second (totals +1 Wh each, 500 W), each reading's
-    publishes failing with MemoryError `failures[k]` times (a topic's end: its publish fails) -> [(ok|raised, energy/in published,
-    power published)], what it printed. reporting: settings of config.json's "reporting"."""
+    publishes failing with MemoryError `failures[k]` times (a topic's end: its publish fails)
+    -> [(ok|raised, energy/in published, power published)], what it printed. reporting: settings
+    of config.json's "reporting"."""
     import json
     import mgm_payloads
     payloads = [mgm_payloads.zcl_payload(seq=k & 0xFF, import_raw=5000 + k, export_raw=7, demand_raw=500)

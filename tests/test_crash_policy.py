@@ -94,26 +94,26 @@ import board.unix as b
 mode = sys.argv[1]
 feeding = False
 if mode == "idle in the REPL":
-    b.start_feeder(300)
+    b.start_feeder(1000)
 elif mode == "app feeds":
-    w = b.Watchdog(300)
+    w = b.Watchdog(1000)
     feeding = True
 elif mode == "app takes over, then stops feeding":
-    b.start_feeder(300)
-    w = b.Watchdog(300)
+    b.start_feeder(1000)
+    w = b.Watchdog(1000)
 elif mode == "app stopped, feeder back":
-    w = b.Watchdog(300)
+    w = b.Watchdog(1000)
     b.start_feeder()
 elif mode == "stuck in a C call":
-    w = b.Watchdog(300)
+    w = b.Watchdog(1000)
     import select
     select.poll().poll(60000)
 t = time.ticks_ms()
-while time.ticks_diff(time.ticks_ms(), t) < 1500:
+while time.ticks_diff(time.ticks_ms(), t) < 3000:
     if feeding:
         w.feed()
     time.sleep_ms(100)
-print("alive after 1.5 s")
+print("alive after 3 s")
 """
 
 
@@ -124,15 +124,14 @@ def test_the_unix_watchdog_resets_the_process_as_the_esp32s_resets_the_board(tmp
     script = tmp_path / "wdt.py"
     script.write_text(WDT_SCRIPT)
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([sim_env.FIRMWARE, ".frozen"]))
-    t0 = time.time()
     p = subprocess.run([sim_env.micropython(), str(script), mode], cwd=str(tmp_path), env=env,
                        capture_output=True, text=True, timeout=30)
     if survives:
-        assert p.returncode == 0 and "alive after 1.5 s" in p.stdout, p.stdout + p.stderr
+        assert p.returncode == 0 and "alive after 3 s" in p.stdout, p.stdout + p.stderr
     else:
         assert p.returncode == -9, p.stdout + p.stderr  # SIGKILL: the runner's "watchdog reset"
-        assert "watchdog: not fed for 300 ms: resetting the board" in p.stdout
-        assert "alive" not in p.stdout and time.time() - t0 < 1.5
+        assert "watchdog: not fed for 1000 ms: resetting the board" in p.stdout
+        assert "alive" not in p.stdout  # reset well before the 3 s were up
     assert -9 in run_sim.RESTART
 
 

@@ -18,6 +18,16 @@ CODE = bytes.fromhex("0102030405060708")
 
 
 # ---------- a client and a strict little parser, independent of the firmware ----------
+def until(pred, timeout=5.0):
+    """pred() became true within timeout s (the simulator's thread may not have run yet)."""
+    end = time.time() + timeout
+    while not pred():
+        if time.time() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class Client:
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
@@ -27,12 +37,13 @@ class Client:
             os.write(self.fd, bytes((b,)))
             time.sleep(0.0005)
 
-    def read(self, quiet=0.08, limit=2.0):
-        """Everything until the line has been quiet for `quiet` s."""
+    def read(self, quiet=0.08, limit=2.0, first=0.5):
+        """Everything until the line has been quiet for `quiet` s, waiting up to `first` s for the
+        first byte (a loaded machine may take that long to answer; "nothing" waits that long too)."""
         out = b""
         end = time.time() + limit
         while time.time() < end:
-            r, _, _ = select.select([self.fd], [], [], quiet)
+            r, _, _ = select.select([self.fd], [], [], quiet if out else max(first, quiet))
             if not r:
                 break
             out += os.read(self.fd, 4096)
@@ -160,9 +171,9 @@ def test_split_requests_lone_cr_and_loglevel(sim_client):
     assert one_frame(c.read())[0] == "f"
     c.send(b"\r")  # a lone CR (drain) answers nothing
     c.send(b"$\r")  # a half command ended by CR: ignored
-    assert c.read() == b"" and sim.drains == 1
+    assert c.read() == b"" and until(lambda: sim.drains == 1)
     c.send(b"loglevel 20\r")
-    assert c.read() == b"" and sim.loglevel == 20
+    assert c.read() == b"" and until(lambda: sim.loglevel == 20)
     # Debug level: the module now prints a log line before its answer.
     out = c.ask("f")
     text, frame = out.split(b"$", 1)
@@ -236,7 +247,7 @@ def test_silence_answers_nothing_but_counts(sim_client):
     sim.set_fault("silence")
     for cmd in "fmijr":
         assert c.ask(cmd, quiet=0.05) == b""
-    assert sim.requests == dict.fromkeys("fmijr", 1) and sim.sent_frames == []
+    assert until(lambda: sim.requests == dict.fromkeys("fmijr", 1)) and sim.sent_frames == []
     sim.clear_faults()
     assert one_frame(c.ask("f"))[0] == "f"
 

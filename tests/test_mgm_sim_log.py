@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from test_mgm_sim import CODE, Client, frames, one_frame, sim_client, zcl  # noqa: F401 (fixture)
+from test_mgm_sim import CODE, Client, frames, one_frame, sim_client, until, zcl  # noqa: F401 (fixture)
 
 RX = re.compile(rb"T([0-9A-F]{8}):RX len (\d+), ep ([0-9A-F]{2}), clus 0x([0-9A-F]{4}) \(([^)]*)\) "
                 rb"FC ([0-9A-F]{2}) seq ([0-9A-F]{2}) cmd ([0-9A-F]{2}) payload\[((?:[0-9A-F]{2} )*)\]\r\n")
@@ -125,6 +125,5 @@ def test_every_byte_received_is_kept_and_unsafe_commands_are_found(sim_client):
     c.send(b"leave\r")
     c.send(b"$d\r")
     c.send(b"printKeys")
-    time.sleep(0.1)
-    assert bytes(sim.received) == b"\rloglevel 20\r$f\rleave\r$d\rprintKeys"
+    assert until(lambda: bytes(sim.received) == b"\rloglevel 20\r$f\rleave\r$d\rprintKeys"), bytes(sim.received)
     assert sim.unsafe_commands() == [b"leave\r", b"$d\r", b"printKeys"]

@@ -91,7 +91,7 @@ def test_after_a_broker_restart_data_is_back_within_seconds(mgm, firmware, ha, b
     try:
         # The retry interval is capped at a few seconds: generous margin here, the figure itself
         # is measured by bench/mqtt_steps.py.
-        ha2.wait_topic("/power", numeric, timeout=12)
+        ha2.wait_topic("/power", numeric, timeout=20)
         print("\nbroker back: data after %.1f s" % (time.time() - t0))
         fw.wait_log("MQTT connection lost")
         assert "Traceback" not in fw.output

@@ -385,7 +385,7 @@ def test_a_second_publish_removes_the_first_ones_chunks(broker, reader, tmp_path
     assert not [t for t in got if "/ota/%s/" % first["rid"] in t]
     # republishing the same build keeps its chunks (nothing of the current release is removed)
     assert publish(fw, "--version", "9.9.9").returncode == 0
-    again = reader.retained(base + "/ota/#")
+    again = reader.retained(base + "/ota/#", base + "/ota/release")
     assert reassemble(again[base + "/ota/release"], again, base, KEY)[2] == files
 
 
@@ -465,7 +465,8 @@ def test_tls_uses_the_systems_trusted_certificates(tmp_path):
         assert res.returncode == 1 and "TLS" in res.stderr and len(res.stderr.splitlines()) == 1
         res = publish(fw, env={"SSL_CERT_FILE": b.ca_file})  # OpenSSL's system trust store, overridden
         assert res.returncode == 0, res.stderr
-        assert "vue_utility/240ac4123456/ota/release" in r.retained("vue_utility/+/ota/release")
+        rel = "vue_utility/240ac4123456/ota/release"
+        assert rel in r.retained("vue_utility/+/ota/release", rel)
         r.stop()
     finally:
         b.stop()
@@ -482,7 +483,8 @@ def test_tls_with_mqtt_ca_file_trusts_that_ca_as_the_device_does(tmp_path):
             f.write(b.ca_der)
         res = publish(fw)  # not in the system's trust store: only mqtt.ca_file makes it trusted
         assert res.returncode == 0, res.stderr
-        assert "vue_utility/240ac4123456/ota/release" in r.retained("vue_utility/+/ota/release")
+        rel = "vue_utility/240ac4123456/ota/release"
+        assert rel in r.retained("vue_utility/+/ota/release", rel)
         with open(other, "rb") as src, open(os.path.join(fw, "broker-ca.der"), "wb") as f:
             f.write(sim_env._pem_to_der(src.read()))
         res = publish(fw, env={"SSL_CERT_FILE": b.ca_file})  # the system's trust is not used then
