@@ -97,7 +97,7 @@ print("RESULT " + json.dumps(out))
 
 
 def run_no_memory(tmp_path, failures, reporting=None):
-    """app.App.on_reading for one ZCL reading a second (totals +1 Wh each, 500 W), each reading's
+    """app.App.on_reading for one ZCL reading every 100 ms (totals +1 Wh each, 500 W), each reading's
     publishes failing with MemoryError `failures[k]` times (a topic's end: its publish fails)
     -> [(ok|raised, energy/in published, power published)], what it printed. reporting: settings
     of config.json's "reporting"."""
@@ -245,8 +245,8 @@ except SystemExit as e:
 def run_housekeeping(tmp_path, **opts):
     """app.App's housekeeping under MicroPython for opts["seconds"] (2) with faults: diag_fails
     (the diag finds no memory that many times), wifi_fail_checks (those steps find none at their
-    start), install_fails, entities (3: announced one a step), discovery_dies, connected (False: the broker is down) ->
-    what it printed."""
+    start), install_fails, entities (3: announced one a step), discovery_dies, connected (False:
+    the broker is down) -> what it printed."""
     import json
     script = tmp_path / "housekeeping.py"
     script.write_text(HOUSEKEEPING_SCRIPT % json.dumps(opts))

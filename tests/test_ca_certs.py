@@ -200,7 +200,8 @@ def test_the_device_refuses_at_boot_a_ca_its_tls_library_cannot_use(cas, tmp_pat
         "out = []\n"
         "for name in %r:\n"
         "    with open('config.json', 'w') as f:\n"
-        "        json.dump({'wifi': {'ssid': 'home'}, 'mqtt': {'host': 'b.lan', 'tls': True, 'ca_file': name}}, f)\n"
+        "        mq = {'host': 'b.lan', 'tls': True, 'ca_file': name}\n"
+        "        json.dump({'wifi': {'ssid': 'home'}, 'mqtt': mq}, f)\n"
         "    out.append(config.load_file('config.json', 'secrets.json')[1])\n"
         "print(json.dumps(out))\n" % [n for n, _ in files])
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([os.path.dirname(ca_certs.__file__), ".frozen"]))

@@ -125,5 +125,6 @@ def test_every_byte_received_is_kept_and_unsafe_commands_are_found(sim_client):
     c.send(b"leave\r")
     c.send(b"$d\r")
     c.send(b"printKeys")
-    assert until(lambda: bytes(sim.received) == b"\rloglevel 20\r$f\rleave\r$d\rprintKeys"), bytes(sim.received)
+    want = b"\rloglevel 20\r$f\rleave\r$d\rprintKeys"
+    assert until(lambda: bytes(sim.received) == want), bytes(sim.received)
     assert sim.unsafe_commands() == [b"leave\r", b"$d\r", b"printKeys"]
