@@ -80,6 +80,7 @@ class App:
         self.last_energy_ms = None
         self.start_ms = _ms()
         self.max_step_ms = 0
+        self.skipped = 0  # readings not published for want of memory (diag)
         self.diag_due = True
         self.discovery_due = False  # HA asked (birth) or we (re)connected: announce everything
         self.announced_dev = None  # what was last announced: the device entry, expire_after, export
@@ -156,6 +157,7 @@ class App:
             # No room to publish this one (a transient peak, a fragmented heap, a broker outage
             # with the connect code loaded): skipped, never a crash; the next reading carries the
             # totals on (they are cumulative).
+            self.skipped += 1  # a small int: no allocation here
             self._short_r = self._short_of_memory(self._short_r, "publishing readings")
 
     # Since when readings / housekeeping have found no memory (None: the last reading, the last
@@ -419,6 +421,7 @@ class App:
             "cross_mismatches": m.cross_mismatches,
             "max_step_ms": self.max_step_ms,
             "mqtt_refused": self.mqtt.refusals,
+            "skipped_no_memory": self.skipped,
         })
 
     def _expire_after(self):

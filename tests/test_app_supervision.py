@@ -93,6 +93,7 @@ for k, (p, fail) in enumerate(zip(payloads, %s)):
         break
     time.sleep_ms(100)  # a reading every 100 ms: 6 s of the device's time each
 print("RESULT " + json.dumps(out))
+print("DIAG skipped_no_memory=%%d" %% json.loads(a._diag())["skipped_no_memory"])
 """
 
 
@@ -129,6 +130,7 @@ def test_a_reading_that_finds_no_memory_is_skipped_in_words_and_the_next_one_goe
     totals = [int(v) for v in published if v is not None]
     assert totals == sorted(totals)
     assert said.count("not enough free memory for publishing readings now") == 1, said
+    assert "DIAG skipped_no_memory=3" in said, said  # HA's diagnostics count them
 
 
 def test_readings_that_never_find_memory_end_in_a_clean_restart(tmp_path):
