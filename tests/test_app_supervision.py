@@ -207,7 +207,6 @@ def diag():
 
 
 a._diag = diag
-a.diag_due = bool(fails[0])  # at the first step, with the update entity's state (the ota module loaded)
 if opts.get("install_fails"):  # an install asked for, with never the memory to start it
     a.ota_start = object()
 
