@@ -188,6 +188,14 @@ def _py_files(top):
                 yield os.path.relpath(os.path.join(d, f), top)
 
 
+def run_micropython(script, cwd, path=(FIRMWARE,), timeout=60):
+    """The file `script` under the real MicroPython, in cwd, importing from the folders `path` (then
+    the interpreter's frozen modules: asyncio, ssl) -> subprocess.CompletedProcess, text."""
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join(list(path) + [".frozen"]))
+    return subprocess.run([micropython(), str(script)], cwd=str(cwd), env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def micropython():
     """The MicroPython binary every test and the bench start: $MICROPYTHON, else the `micropython`
     beside the running Python (a pyenv shim puts its own bin back in front of PATH), else PATH's."""

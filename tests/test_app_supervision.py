@@ -2,9 +2,10 @@
 the device. Left alone it would be half-alive for good: readings flowing but, with housekeeping dead,
 no diagnostics, no discovery, no watchdog feeding. Runs app.App under the real MicroPython."""
 import os
-import subprocess
 
 import sim_env
+
+PATH = (sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "sim"), sim_env.LIB)  # the app, null_board, umqtt
 
 SCRIPT = r"""
 import asyncio
@@ -40,10 +41,7 @@ except asyncio.TimeoutError:
 def test_a_dying_task_ends_the_app_instead_of_leaving_it_half_alive(tmp_path):
     script = tmp_path / "supervise.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join(
-        [sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "sim"), sim_env.LIB, ".frozen"]))
-    p = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env, capture_output=True,
-                       text=True, timeout=30)
+    p = sim_env.run_micropython(script, tmp_path, PATH, timeout=30)
     assert "RESULT raised wifi driver fault" in p.stdout, p.stdout + p.stderr
 
 
@@ -109,10 +107,7 @@ def run_no_memory(tmp_path, failures, reporting=None):
     (tmp_path / "payloads.hex").write_text(" ".join(p.hex() for p in payloads))
     script = tmp_path / "no_memory.py"
     script.write_text(NO_MEMORY_SCRIPT % (json.dumps(reporting or {}), list(failures)))
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join(
-        [sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "sim"), sim_env.LIB, ".frozen"]))
-    p = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env, capture_output=True,
-                       text=True, timeout=30)
+    p = sim_env.run_micropython(script, tmp_path, PATH, timeout=30)
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     assert line, p.stdout + p.stderr
     return json.loads(line[0][7:]), p.stdout
@@ -251,10 +246,7 @@ def run_housekeeping(tmp_path, **opts):
     import json
     script = tmp_path / "housekeeping.py"
     script.write_text(HOUSEKEEPING_SCRIPT % json.dumps(opts))
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join(
-        [sim_env.FIRMWARE, os.path.join(sim_env.ROOT, "sim"), sim_env.LIB, ".frozen"]))
-    p = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env, capture_output=True,
-                       text=True, timeout=30)
+    p = sim_env.run_micropython(script, tmp_path, PATH, timeout=30)
     return p.stdout + p.stderr
 
 

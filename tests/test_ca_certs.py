@@ -2,8 +2,6 @@
 blocks mbedTLS loads, and refuses anything else in words, under CPython (make config) and under
 MicroPython (the device) alike; config.py checks the file before it is used."""
 import json
-import os
-import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -129,9 +127,7 @@ def test_micropython_reads_ca_files_exactly_as_cpython(cas, tmp_path):
         "    except ValueError as e:\n"
         "        out.append(['error', str(e)])\n"
         "print(json.dumps(out))\n" % len(blobs))
-    env = dict(os.environ, MICROPYPATH=os.path.dirname(ca_certs.__file__))
-    r = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = sim_env.run_micropython(script, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout) == want
 
@@ -204,9 +200,7 @@ def test_the_device_refuses_at_boot_a_ca_its_tls_library_cannot_use(cas, tmp_pat
         "        json.dump({'wifi': {'ssid': 'home'}, 'mqtt': mq}, f)\n"
         "    out.append(config.load_file('config.json', 'secrets.json')[1])\n"
         "print(json.dumps(out))\n" % [n for n, _ in files])
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([os.path.dirname(ca_certs.__file__), ".frozen"]))
-    r = subprocess.run([sim_env.micropython(), str(script)], cwd=str(tmp_path), env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = sim_env.run_micropython(script, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     rsa, ec_der, ed, req, bundle = json.loads(r.stdout)
     assert rsa == [] and ec_der == []
